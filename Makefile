@@ -1,0 +1,30 @@
+# control-plane: everyday commands. `make run` and `make test` are the README's first two lines.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.PHONY: install run test test-sqlite bench clean
+
+$(BIN)/flask: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/flask
+
+# Set up and serve on the embedded SQLite default with a demo fleet (tokens are printed).
+run: install
+	@PATH="$(BIN):$$PATH" HOST=$(HOST) PORT=$(PORT) sh scripts/run-demo.sh
+
+# The test suite: PostgreSQL when CONTROL_PLANE_TEST_DATABASE_URL is set (CI), else SQLite.
+test: install
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) instance *.egg-info .pytest_cache

@@ -1,0 +1,245 @@
+"""Every environment setting of the control plane, in one place.
+
+Each setting is declared once in ``SETTINGS`` with its default, its parser and a sentence
+of help; ``load_settings()`` reads them from an environment mapping (``os.environ`` by
+default) and fails with a clear ``ConfigError`` naming the variable when a value is
+malformed.  Nothing here runs at import time: ``cp.create_app()`` calls ``load_settings``.
+The README's environment table is generated from the same list (``flask --app cp env-table``).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+class ConfigError(ValueError):
+    """A setting is malformed; the message names the variable and what is wrong."""
+
+
+# --- parsers -----------------------------------------------------------------------------
+def _str(value: str) -> str:
+    return value
+
+
+def _opt_str(value: str) -> str | None:
+    return value or None
+
+
+def _bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+def _int_min(minimum: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        n = int(value)
+        if n < minimum:
+            raise ValueError(f"must be >= {minimum}")
+        return n
+
+    return parse
+
+
+def _opt_float_nonneg(value: str) -> float | None:
+    if value.strip() == "":
+        return None
+    f = float(value)
+    if not f >= 0 or f == float("inf"):
+        raise ValueError("must be a finite number >= 0")
+    return f
+
+
+def _float_pos(value: str) -> float:
+    f = float(value)
+    if not f > 0 or f == float("inf"):
+        raise ValueError("must be a finite number > 0")
+    return f
+
+
+def _agent_secrets(value: str) -> dict[str, str]:
+    if value.strip() == "":
+        return {}
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at position {exc.pos})") from None
+    if not isinstance(data, dict):
+        raise ValueError('must be a JSON object {"instance_id": "secret", ...}')
+    for key, secret in data.items():
+        if not INSTANCE_ID_RE.match(key):
+            raise ValueError(f"key {key!r} is not a valid instance_id (1-128 chars of [A-Za-z0-9._-])")
+        if not isinstance(secret, str) or secret == "":
+            raise ValueError(f"the secret of {key!r} must be a non-empty string")
+    return dict(data)
+
+
+def _release_keys(value: str) -> dict[str, bytes]:
+    if value.strip() == "":
+        return {}
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at position {exc.pos})") from None
+    if not isinstance(data, dict):
+        raise ValueError('must be a JSON object {"key_id": "<base64 raw 32-byte Ed25519 public key>"}')
+    keys: dict[str, bytes] = {}
+    for key_id, b64 in data.items():
+        if not isinstance(b64, str):
+            raise ValueError(f"the key {key_id!r} must be a base64 string")
+        try:
+            raw = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"the key {key_id!r} is not valid base64") from None
+        if len(raw) != 32:
+            raise ValueError(f"the key {key_id!r} must decode to 32 bytes, got {len(raw)}")
+        keys[key_id] = raw
+    return keys
+
+
+def _log_format(value: str) -> str:
+    v = value.strip().lower()
+    if v not in ("json", "text"):
+        raise ValueError("must be 'json' or 'text'")
+    return v
+
+
+def _log_level(value: str) -> str:
+    v = value.strip().upper()
+    if v not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    return v
+
+
+def _database_url(value: str) -> str:
+    if "://" not in value:
+        raise ValueError("must be an SQLAlchemy URL such as postgresql+psycopg://user@host/db")
+    if value.startswith("postgres://") or value.startswith("postgresql://"):
+        # psycopg 3 is the driver this project ships with.
+        value = "postgresql+psycopg://" + value.split("://", 1)[1]
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    attr: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("CONTROL_PLANE_DATABASE_URL", "database_url", "", _str,
+            "SQLAlchemy URL. Unset: an embedded SQLite file `instance/control-plane.db`. "
+            "Production: `postgresql+psycopg://user:pass@host/db`."),
+    Setting("CONTROL_PLANE_DB_POOL_SIZE", "db_pool_size", "5", _int_min(1),
+            "Connections kept per process (PostgreSQL)."),
+    Setting("CONTROL_PLANE_SECRET_KEY", "secret_key", "", _str,
+            "Signs session cookies and CSRF tokens. Unset: a random key is generated once and "
+            "kept in `instance/secret_key` (mode 0600), shared by the processes of one host; "
+            "set it explicitly when several hosts serve the web side.", secret=True),
+    Setting("CONTROL_PLANE_SUPPORT_TOKEN", "support_token", "", _opt_str,
+            "Login / bearer token of the `support` role (read). Unset or empty grants nothing.", secret=True),
+    Setting("CONTROL_PLANE_OPS_TOKEN", "ops_token", "", _opt_str,
+            "Token of the `ops` role (triage alerts and job failures, pause/resume rollouts).", secret=True),
+    Setting("CONTROL_PLANE_ADMIN_TOKEN", "admin_token", "", _opt_str,
+            "Token of the `admin` role (everything).", secret=True),
+    Setting("CONTROL_PLANE_COOKIE_SECURE", "cookie_secure", "0", _bool,
+            "`1`: the session cookie carries the Secure flag (serve over HTTPS)."),
+    Setting("CONTROL_PLANE_SESSION_HOURS", "session_hours", "12", _int_min(1),
+            "Lifetime of a login session, in hours."),
+    Setting("CONTROL_PLANE_AGENT_SECRETS", "agent_secrets", "", _agent_secrets,
+            'JSON object `{"instance_id": "secret"}`: per-installation HMAC secrets. A listed '
+            "installation signs with its own secret only. Malformed JSON fails start-up.", secret=True),
+    Setting("CONTROL_PLANE_AGENT_TOKEN", "agent_token", "", _opt_str,
+            "Shared HMAC secret for installations not listed in CONTROL_PLANE_AGENT_SECRETS. "
+            "Unset: only listed installations can sign.", secret=True),
+    Setting("CONTROL_PLANE_REQUIRE_AGENT_TIMESTAMP", "require_agent_timestamp", "0", _bool,
+            "`1`: agent requests must carry `x-agent-timestamp` (replay protection)."),
+    Setting("CONTROL_PLANE_MAX_BODY_BYTES", "max_body_bytes", "262144", _int_min(1024),
+            "Largest accepted request body; larger gets 413."),
+    Setting("CONTROL_PLANE_STALE_AFTER_SECONDS", "stale_after_seconds", "900", _int_min(1),
+            "An installation whose last heartbeat is older than this is stale."),
+    Setting("SLO_P95_MS_MAX", "slo_p95_ms_max", "", _opt_float_nonneg,
+            "Limit of `slo_p95_ms`; above it a critical `slo` alert opens. Unset: not checked."),
+    Setting("SLO_ERROR_RATE_MAX", "slo_error_rate_max", "", _opt_float_nonneg,
+            "Limit of `slo_error_rate`. Unset: not checked."),
+    Setting("SLO_WEBHOOK_RETRY_RATE_MAX", "slo_webhook_retry_rate_max", "", _opt_float_nonneg,
+            "Limit of `slo_webhook_retry_rate`. Unset: not checked."),
+    Setting("CONTROL_PLANE_BACKUP_MAX_AGE_HOURS", "backup_max_age_hours", "26", _float_pos,
+            "A `last_backup_at` older than this opens a warning `backup` alert."),
+    Setting("CONTROL_PLANE_SLO_HISTORY_RETENTION_DAYS", "slo_history_retention_days", "30", _int_min(1),
+            "How long the 5-minute SLO history is kept (`flask --app cp prune-history`)."),
+    Setting("CONTROL_PLANE_ALERT_WEBHOOK_URL", "alert_webhook_url", "", _opt_str,
+            "Where opened/resolved alerts are POSTed. Unset: no forwarding."),
+    Setting("CONTROL_PLANE_ALERT_WEBHOOK_TOKEN", "alert_webhook_token", "", _opt_str,
+            "Bearer token sent to the webhook and key of its `x-control-plane-signature`.", secret=True),
+    Setting("CONTROL_PLANE_WEBHOOK_TIMEOUT_SECONDS", "webhook_timeout_seconds", "5", _float_pos,
+            "Timeout of one webhook delivery attempt."),
+    Setting("CONTROL_PLANE_WEBHOOK_MAX_ATTEMPTS", "webhook_max_attempts", "20", _int_min(1),
+            "Attempts before an outbox event is marked dead (retry it from the admin panel)."),
+    Setting("CONTROL_PLANE_WORKER_POLL_SECONDS", "worker_poll_seconds", "1", _float_pos,
+            "How often the worker looks for due work."),
+    Setting("CONTROL_PLANE_RELEASE_KEYS", "release_keys", "", _release_keys,
+            'JSON object `{"key_id": "<base64 raw 32-byte Ed25519 public key>"}` of trusted '
+            "release signing keys. Malformed: start-up fails."),
+    Setting("CONTROL_PLANE_LOGIN_RATE_LIMIT", "login_rate_limit", "10", _int_min(1),
+            "Login attempts per client address per minute."),
+    Setting("CONTROL_PLANE_AGENT_RATE_LIMIT", "agent_rate_limit", "600", _int_min(1),
+            "Agent requests per installation per minute."),
+    Setting("CONTROL_PLANE_LOG_LEVEL", "log_level", "INFO", _log_level, "Log level."),
+    Setting("CONTROL_PLANE_LOG_FORMAT", "log_format", "json", _log_format,
+            "`json` (one object per line) or `text`."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The parsed settings; ``raw`` keeps nothing secret."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def role_tokens(self) -> dict[str, str]:
+        """Role -> token, only for the roles whose token is set and non-empty."""
+        tokens = {"support": self.support_token, "ops": self.ops_token, "admin": self.admin_token}
+        return {role: tok for role, tok in tokens.items() if tok}
+
+    def slo_limits(self) -> dict[str, float]:
+        """SLO figure name -> limit, only for the SLOs that are checked."""
+        limits = {
+            "slo_p95_ms": self.slo_p95_ms_max,
+            "slo_error_rate": self.slo_error_rate_max,
+            "slo_webhook_retry_rate": self.slo_webhook_retry_rate_max,
+        }
+        return {k: v for k, v in limits.items() if v is not None}
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Parse every setting from ``environ`` (default ``os.environ``)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        raw = env.get(s.env, s.default)
+        try:
+            values[s.attr] = s.parse(raw)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{s.env} is malformed: {exc}") from None
+    return Settings(values)

@@ -1,0 +1,70 @@
+"""Structured logging: one JSON object per line (or plain text), one line per request.
+
+Request lines carry method, path, status, duration and the caller's address; never headers,
+bodies, tokens or query strings (a ``next=`` or token could ride there).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+from flask import g, request
+
+RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in RESERVED and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+class UtcFormatter(logging.Formatter):
+    converter = time.gmtime
+
+
+def init_app(app) -> None:
+    settings = app.config["CP_SETTINGS"]
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        fmt = JsonFormatter()
+        fmt.converter = time.gmtime
+        handler.setFormatter(fmt)
+    else:
+        handler.setFormatter(UtcFormatter("%(asctime)sZ %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger("cp")
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    root.propagate = False
+    app.logger.handlers[:] = [handler]
+    app.logger.setLevel(settings.log_level)
+    app.logger.propagate = False
+
+    access = logging.getLogger("cp.access")
+
+    @app.before_request
+    def _start_timer():
+        g.cp_started = time.perf_counter()
+
+    @app.after_request
+    def _log_request(response):
+        started = g.get("cp_started")
+        if started is not None and request.path not in ("/healthz",):
+            access.info("request", extra={
+                "method": request.method, "path": request.path[:200], "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "remote": request.remote_addr, "role": g.get("cp_role"),
+            })
+        return response

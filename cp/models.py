@@ -1,0 +1,433 @@
+"""SQLAlchemy models (SQLAlchemy 2.0 typed mappings).
+
+Every timestamp is timezone-aware UTC (``UTCDateTime``). Enumerations are plain strings
+checked by the schemas (``cp.agent_api.schemas``, ``cp.api.schemas``); their allowed values
+are declared once here as tuples. The schema itself is created only by Alembic
+(``flask --app cp db upgrade``).
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Optional
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from .extensions import db
+from .timeutil import as_utc, utcnow
+
+# --- enumerations (one place) ---------------------------------------------------------------
+HEALTH_VALUES = ("ok", "degraded", "down")
+BACKUP_STATUS_VALUES = ("ok", "running", "failed", "missing")
+ALERT_LEVELS = ("info", "warning", "critical")
+ALERT_SOURCES = ("agent", "slo", "backup", "heartbeat", "restore", "rollout")
+# Sources whose alerts a heartbeat re-evaluates (opened/kept/resolved from what it reports).
+HEARTBEAT_MANAGED_SOURCES = ("agent", "slo", "backup", "heartbeat")
+ROLLOUT_STATUSES = ("active", "paused", "completed", "cancelled")
+JOB_STATUSES = ("pending", "in_progress", "succeeded", "failed", "cancelled")
+JOB_UNFINISHED = ("pending", "in_progress")
+JOB_FINISHED = ("succeeded", "failed", "cancelled")
+RESTORE_STATUSES = ("scheduled", "passed", "failed")
+PLUGIN_REQUEST_STATUSES = ("pending", "approved", "rejected")
+OUTBOX_STATUSES = ("pending", "delivered", "dead")
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if value is None:
+            return None
+        value = as_utc(value)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        return as_utc(value)
+
+
+def _now() -> datetime:
+    return utcnow()
+
+
+class Installation(db.Model):
+    __tablename__ = "installations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[str] = mapped_column(String(128), unique=True)
+    domain: Mapped[Optional[str]] = mapped_column(String(255))
+    client: Mapped[Optional[str]] = mapped_column(String(255))
+    version: Mapped[Optional[str]] = mapped_column(String(64))
+    release_channel: Mapped[Optional[str]] = mapped_column(String(64))
+    health: Mapped[Optional[str]] = mapped_column(String(16))
+    backup_status: Mapped[Optional[str]] = mapped_column(String(16))
+    last_backup_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    slo_p95_ms: Mapped[Optional[float]] = mapped_column(Float)
+    slo_error_rate: Mapped[Optional[float]] = mapped_column(Float)
+    slo_webhook_retry_rate: Mapped[Optional[float]] = mapped_column(Float)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    heartbeats_total: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+    alerts: Mapped[list["Alert"]] = relationship(back_populates="installation", lazy="dynamic")
+    job_failures: Mapped[list["JobFailure"]] = relationship(back_populates="installation", lazy="dynamic")
+
+    __table_args__ = (
+        Index("ix_installations_last_seen", "last_seen_at", "id"),
+        Index("ix_installations_health", "health", "last_seen_at"),
+        Index("ix_installations_channel", "release_channel", "last_seen_at"),
+        Index("ix_installations_version", "version", "last_seen_at"),
+    )
+
+    def __str__(self) -> str:
+        return self.instance_id
+
+
+class Alert(db.Model):
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    installation_id: Mapped[int] = mapped_column(ForeignKey("installations.id", ondelete="CASCADE"))
+    level: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(16))
+    # Identity of an open alert on its installation: hash of (level, message) for agent alerts,
+    # a stable key such as "slo:slo_p95_ms" for the alerts the control plane derives itself.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    occurrences: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    acknowledged_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    acknowledged_by: Mapped[Optional[str]] = mapped_column(String(32))
+    resolved_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    resolved_by: Mapped[Optional[str]] = mapped_column(String(32))
+
+    installation: Mapped[Installation] = relationship(back_populates="alerts")
+
+    __table_args__ = (
+        Index(
+            "uq_alerts_open_fingerprint", "installation_id", "fingerprint", unique=True,
+            postgresql_where=text("resolved_at IS NULL"), sqlite_where=text("resolved_at IS NULL"),
+        ),
+        Index("ix_alerts_opened", "opened_at", "id"),
+        Index("ix_alerts_installation_opened", "installation_id", "opened_at"),
+        Index(
+            "ix_alerts_open_opened", "opened_at",
+            postgresql_where=text("resolved_at IS NULL"), sqlite_where=text("resolved_at IS NULL"),
+        ),
+        Index(
+            "ix_alerts_open_installation", "installation_id",
+            postgresql_where=text("resolved_at IS NULL"), sqlite_where=text("resolved_at IS NULL"),
+        ),
+    )
+
+    @property
+    def instance_id(self) -> str:
+        return self.installation.instance_id
+
+    @property
+    def status(self) -> str:
+        return "resolved" if self.resolved_at else "open"
+
+
+class JobFailure(db.Model):
+    __tablename__ = "job_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    installation_id: Mapped[int] = mapped_column(ForeignKey("installations.id", ondelete="CASCADE"))
+    queue: Mapped[str] = mapped_column(String(255))
+    message: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    occurrences: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    resolved_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    resolved_by: Mapped[Optional[str]] = mapped_column(String(32))
+
+    installation: Mapped[Installation] = relationship(back_populates="job_failures")
+
+    __table_args__ = (
+        Index(
+            "uq_job_failures_open_fingerprint", "installation_id", "fingerprint", unique=True,
+            postgresql_where=text("resolved_at IS NULL"), sqlite_where=text("resolved_at IS NULL"),
+        ),
+        Index("ix_job_failures_last_seen", "last_seen_at", "id"),
+        Index("ix_job_failures_installation_last_seen", "installation_id", "last_seen_at"),
+    )
+
+    @property
+    def instance_id(self) -> str:
+        return self.installation.instance_id
+
+
+class InstallationEvent(db.Model):
+    """A change of an installation's version, channel, health or backup status."""
+
+    __tablename__ = "installation_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    installation_id: Mapped[int] = mapped_column(ForeignKey("installations.id", ondelete="CASCADE"))
+    field: Mapped[str] = mapped_column(String(32))
+    old_value: Mapped[Optional[str]] = mapped_column(String(255))
+    new_value: Mapped[Optional[str]] = mapped_column(String(255))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+
+    installation: Mapped[Installation] = relationship()
+
+    __table_args__ = (Index("ix_installation_events_installation_at", "installation_id", "at"),)
+
+
+class SloSample(db.Model):
+    """One point per installation per 5 minutes: the last figures reported in that bucket."""
+
+    __tablename__ = "slo_samples"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    installation_id: Mapped[int] = mapped_column(ForeignKey("installations.id", ondelete="CASCADE"))
+    bucket: Mapped[datetime] = mapped_column(UTCDateTime())
+    slo_p95_ms: Mapped[Optional[float]] = mapped_column(Float)
+    slo_error_rate: Mapped[Optional[float]] = mapped_column(Float)
+    slo_webhook_retry_rate: Mapped[Optional[float]] = mapped_column(Float)
+
+    __table_args__ = (
+        UniqueConstraint("installation_id", "bucket", name="uq_slo_samples_installation_bucket"),
+        Index("ix_slo_samples_bucket", "bucket"),
+    )
+
+
+class Release(db.Model):
+    """A signed artifact: a core release (``plugin`` NULL) or a plugin release."""
+
+    __tablename__ = "releases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    plugin: Mapped[Optional[str]] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    channel: Mapped[Optional[str]] = mapped_column(String(64))
+    manifest: Mapped[dict] = mapped_column(JSON)
+    signature: Mapped[str] = mapped_column(Text)
+    key_id: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    created_by: Mapped[Optional[str]] = mapped_column(String(32))
+
+    __table_args__ = (
+        Index("uq_releases_core_version", "version", unique=True,
+              postgresql_where=text("plugin IS NULL"), sqlite_where=text("plugin IS NULL")),
+        Index("uq_releases_plugin_version", "plugin", "version", unique=True,
+              postgresql_where=text("plugin IS NOT NULL"), sqlite_where=text("plugin IS NOT NULL")),
+        Index("ix_releases_created", "created_at", "id"),
+    )
+
+    @property
+    def kind(self) -> str:
+        return "plugin" if self.plugin else "core"
+
+    def __str__(self) -> str:
+        return f"{self.plugin} {self.version}" if self.plugin else self.version
+
+
+class Rollout(db.Model):
+    """A release rolled out in batches over a set of installations (core or plugin)."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "core" | "plugin"
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"))
+    channel: Mapped[Optional[str]] = mapped_column(String(64))
+    plugin: Mapped[Optional[str]] = mapped_column(String(128))
+    batch_size: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    current_batch: Mapped[int] = mapped_column(Integer, default=1)
+    batches: Mapped[int] = mapped_column(Integer, default=0)
+    targets: Mapped[int] = mapped_column(Integer, default=0)
+    max_failures: Mapped[Optional[int]] = mapped_column(Integer)
+    max_failure_ratio: Mapped[Optional[float]] = mapped_column(Float)
+    auto_advance_success_ratio: Mapped[Optional[float]] = mapped_column(Float)
+    auto_advance_soak_minutes: Mapped[Optional[float]] = mapped_column(Float)
+    allow_downgrade: Mapped[bool] = mapped_column(Boolean, default=False)
+    paused_reason: Mapped[Optional[str]] = mapped_column(Text)
+    batch_opened_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    created_by: Mapped[Optional[str]] = mapped_column(String(32))
+    completed_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+
+    release: Mapped[Release] = relationship()
+
+    __table_args__ = (
+        Index("ix_rollouts_created", "created_at", "id"),
+        Index("ix_rollouts_status", "status"),
+    )
+
+
+class Job(db.Model):
+    """One installation's update or plugin job, from a rollout batch or a plugin approval."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "update" | "plugin"
+    rollout_id: Mapped[Optional[int]] = mapped_column(ForeignKey("rollouts.id"))
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"))
+    installation_id: Mapped[int] = mapped_column(ForeignKey("installations.id", ondelete="CASCADE"))
+    batch: Mapped[Optional[int]] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    message: Mapped[Optional[str]] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    fetched_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+
+    rollout: Mapped[Optional[Rollout]] = relationship()
+    release: Mapped[Release] = relationship()
+    installation: Mapped[Installation] = relationship()
+
+    __table_args__ = (
+        Index("ix_jobs_installation_kind_status", "installation_id", "kind", "status"),
+        Index("ix_jobs_rollout_batch_status", "rollout_id", "batch", "status"),
+    )
+
+
+class RestoreVerification(db.Model):
+    __tablename__ = "restore_verifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    installation_id: Mapped[int] = mapped_column(ForeignKey("installations.id", ondelete="CASCADE"))
+    backup_id: Mapped[Optional[str]] = mapped_column(String(255))
+    scheduled_for: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    status: Mapped[str] = mapped_column(String(16), default="scheduled")
+    duration_s: Mapped[Optional[float]] = mapped_column(Float)
+    message: Mapped[Optional[str]] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    created_by: Mapped[Optional[str]] = mapped_column(String(32))
+    reported_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+
+    installation: Mapped[Installation] = relationship()
+
+    __table_args__ = (
+        Index("ix_restore_verifications_installation_status", "installation_id", "status"),
+        Index("ix_restore_verifications_created", "created_at", "id"),
+    )
+
+
+class PluginRequest(db.Model):
+    __tablename__ = "plugin_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    installation_id: Mapped[int] = mapped_column(ForeignKey("installations.id", ondelete="CASCADE"))
+    plugin: Mapped[str] = mapped_column(String(128))
+    version: Mapped[Optional[str]] = mapped_column(String(64))
+    reason: Mapped[Optional[str]] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    decision_reason: Mapped[Optional[str]] = mapped_column(Text)
+    decided_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    decided_by: Mapped[Optional[str]] = mapped_column(String(32))
+    job_id: Mapped[Optional[int]] = mapped_column(ForeignKey("jobs.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+
+    installation: Mapped[Installation] = relationship()
+
+    __table_args__ = (
+        Index("ix_plugin_requests_created", "created_at", "id"),
+        Index("ix_plugin_requests_installation_plugin", "installation_id", "plugin", "status"),
+    )
+
+
+class InstallationPlugin(db.Model):
+    """A plugin an installation is approved for, and the version it runs (NULL until installed)."""
+
+    __tablename__ = "installation_plugins"
+
+    installation_id: Mapped[int] = mapped_column(
+        ForeignKey("installations.id", ondelete="CASCADE"), primary_key=True)
+    plugin: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[Optional[str]] = mapped_column(String(64))
+    approved_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+
+    installation: Mapped[Installation] = relationship()
+
+    __table_args__ = (Index("ix_installation_plugins_plugin_version", "plugin", "version"),)
+
+
+class OutboxEvent(db.Model):
+    """An alert event waiting to be (or already) delivered to the alert webhook."""
+
+    __tablename__ = "outbox_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[int] = mapped_column(Integer)
+    event: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    last_error: Mapped[Optional[str]] = mapped_column(Text)
+    last_attempt_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    delivered_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_outbox_pending", "next_attempt_at", "id",
+              postgresql_where=text("status = 'pending'"), sqlite_where=text("status = 'pending'")),
+        Index("ix_outbox_alert", "alert_id", "id"),
+    )
+
+
+class AuditLog(db.Model):
+    """Every mutating action from the panel or the API: who (role), what, on what, outcome."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    role: Mapped[Optional[str]] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(64))
+    target_type: Mapped[Optional[str]] = mapped_column(String(64))
+    target_id: Mapped[Optional[str]] = mapped_column(String(255))
+    outcome: Mapped[str] = mapped_column(String(32))
+    source_ip: Mapped[Optional[str]] = mapped_column(String(64))
+    details: Mapped[Optional[dict]] = mapped_column(JSON)
+
+    __table_args__ = (Index("ix_audit_log_at", "at", "id"),)
+
+
+class RateLimitBucket(db.Model):
+    """Fixed-window request counters shared by every process (login and agent limits)."""
+
+    __tablename__ = "rate_limit_buckets"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AgentNonce(db.Model):
+    """Signatures of timestamped agent requests seen in the replay window."""
+
+    __tablename__ = "agent_nonces"
+
+    signature: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+
+    __table_args__ = (Index("ix_agent_nonces_seen", "seen_at"),)

@@ -1,0 +1,69 @@
+"""HTML pages for people: the fleet list (``/``) and an installation (``/installations/<id>``)."""
+from __future__ import annotations
+
+from flask import Blueprint, render_template, request
+from marshmallow import ValidationError
+
+from . import fleet
+from .api.schemas import InstallationArgsSchema
+from .auth import login_required_html
+from .models import BACKUP_STATUS_VALUES, HEALTH_VALUES
+
+bp = Blueprint("views", __name__)
+PAGE_SIZE = 50
+
+
+@bp.get("/")
+@login_required_html("support")
+def index():
+    try:
+        args = InstallationArgsSchema().load(request.args.to_dict())
+        error = None
+    except ValidationError as err:
+        args, error = {"limit": PAGE_SIZE, "offset": 0}, err.messages
+    sort = request.args.get("sort", "last_seen")
+    if sort not in fleet.SORTS:
+        sort = "last_seen"
+    args.setdefault("limit", PAGE_SIZE)
+    page = fleet.list_installations(sort=sort, **args)
+    return render_template(
+        "fleet.html", page=page, args=args, sort=sort, sorts=list(fleet.SORTS), error=error,
+        health_values=HEALTH_VALUES, backup_values=BACKUP_STATUS_VALUES, is_stale=fleet.is_stale,
+    )
+
+
+@bp.get("/installations/<instance_id>")
+@login_required_html("support")
+def installation(instance_id: str):
+    inst = fleet.get_installation(instance_id)
+    return render_template(
+        "installation.html", inst=inst, stale=fleet.is_stale(inst.last_seen_at),
+        alerts=fleet.installation_alerts(inst.id), job_failures=fleet.installation_job_failures(inst.id),
+        events=fleet.installation_events(inst.id), extras=installation_extras(inst),
+    )
+
+
+def installation_extras(inst) -> dict:
+    """Sections the feature modules add to the installation page (updates, restores, plugins)."""
+    extras: dict = {}
+    for name, module in (("updates", "cp.rollouts"), ("restores", "cp.restores"), ("plugins", "cp.plugins")):
+        try:
+            mod = __import__(module, fromlist=["installation_history"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        if hasattr(mod, "installation_history"):
+            extras[name] = mod.installation_history(inst.id)
+    return extras
+
+
+def init_app(app) -> None:
+    app.register_blueprint(bp)
+
+    @app.template_filter("ts")
+    def _ts(value):
+        from .timeutil import isoformat
+
+        text = isoformat(value)
+        return text.replace("T", " ")[:19] + " UTC" if text else "—"

@@ -1,0 +1,289 @@
+"""Shared fixtures: a fresh database per test session (PostgreSQL when
+``CONTROL_PLANE_TEST_DATABASE_URL`` is set, else SQLite), migrated with Alembic once; every
+test starts from empty tables; ``app``, ``client``, ``runner`` as in the Flask tutorial, plus
+signed agent requests, role logins and a live gunicorn server."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from cp import create_app
+from cp.agent_client import build_request
+from cp.extensions import db
+from cp.timeutil import set_clock
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKENS = {
+    "support": "support-token-0123456789",
+    "ops": "ops-token-0123456789abc",
+    "admin": "admin-token-0123456789ab",
+}
+AGENT_TOKEN = "shared-agent-token-abcdef"
+AGENT_SECRETS = {"mapped-001": "mapped-secret-001", "mapped-002": "mapped-secret-002"}
+
+
+def base_env(db_url: str, instance_path: str) -> dict[str, str]:
+    return {
+        "CONTROL_PLANE_DATABASE_URL": db_url,
+        "CONTROL_PLANE_INSTANCE_PATH": instance_path,
+        "CONTROL_PLANE_SECRET_KEY": "test-secret-key-" + "x" * 32,
+        "CONTROL_PLANE_SUPPORT_TOKEN": TOKENS["support"],
+        "CONTROL_PLANE_OPS_TOKEN": TOKENS["ops"],
+        "CONTROL_PLANE_ADMIN_TOKEN": TOKENS["admin"],
+        "CONTROL_PLANE_AGENT_TOKEN": AGENT_TOKEN,
+        "CONTROL_PLANE_AGENT_SECRETS": json.dumps(AGENT_SECRETS),
+        "CONTROL_PLANE_LOG_FORMAT": "json",
+        "CONTROL_PLANE_AGENT_RATE_LIMIT": "100000",
+        "CONTROL_PLANE_LOGIN_RATE_LIMIT": "1000",
+    }
+
+
+# --- the database ---------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory):
+    server = os.environ.get("CONTROL_PLANE_TEST_DATABASE_URL")
+    if not server:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must run the suite on PostgreSQL: set CONTROL_PLANE_TEST_DATABASE_URL")
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+        return
+    url = make_url(server)
+    name = f"cp_test_{uuid.uuid4().hex[:12]}"
+    admin_engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin_engine.connect() as conn:  # fails loudly when PostgreSQL is not there
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield url.set(database=name).render_as_string(hide_password=False)
+    with admin_engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin_engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def instance_path(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("instance"))
+
+
+@pytest.fixture(scope="session")
+def migrated(database_url, instance_path):
+    """Run the Alembic migrations once: the only way the schema is created."""
+    from flask_migrate import upgrade
+
+    app = create_app(base_env(database_url, instance_path))
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+    return database_url
+
+
+def _empty_tables(app) -> None:
+    with app.app_context():
+        db.session.remove()
+        tables = [t.name for t in reversed(db.metadata.sorted_tables)]
+        with db.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
+            else:
+                for t in tables:
+                    conn.execute(sa.text(f'DELETE FROM "{t}"'))
+
+
+@pytest.fixture
+def env(migrated, instance_path):
+    """The environment the app is built from; tests may add settings before using ``app``."""
+    return base_env(migrated, instance_path)
+
+
+@pytest.fixture
+def make_app(env):
+    apps = []
+
+    def factory(**overrides: str):
+        app = create_app({**env, **overrides})
+        app.config["TESTING"] = True
+        apps.append(app)
+        return app
+
+    yield factory
+    if apps:
+        _empty_tables(apps[0])
+    for app in apps:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def clock():
+    """A controllable clock for the domain code (``cp.timeutil.utcnow``)."""
+    from datetime import datetime, timedelta, timezone
+
+    class Clock:
+        def __init__(self):
+            self.now = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+
+        def __call__(self):
+            return self.now
+
+        def advance(self, **kw):
+            self.now += timedelta(**kw)
+            return self.now
+
+    c = Clock()
+    set_clock(c)
+    yield c
+    set_clock(None)
+
+
+# --- agents ---------------------------------------------------------------------------------
+class Agent:
+    """Signed agent requests through the Flask test client."""
+
+    def __init__(self, client):
+        self.client = client
+
+    @staticmethod
+    def secret_for(instance_id: str) -> str:
+        return AGENT_SECRETS.get(instance_id, AGENT_TOKEN)
+
+    def post(self, path: str, payload: dict, *, secret: str | None = None, timestamp: bool = False,
+             headers: dict | None = None):
+        iid = payload.get("instance_id") if isinstance(payload.get("instance_id"), str) else ""
+        req = build_request(path, payload, secret or self.secret_for(iid), timestamp=timestamp)
+        return self.client.post(req.path, data=req.body, headers={**req.headers, **(headers or {})})
+
+    def raw(self, path: str, body: bytes, *, secret: str | None = AGENT_TOKEN,
+            content_type: str = "application/json", signature: str | None = None):
+        from cp.signing import sign
+
+        headers = {"Content-Type": content_type}
+        if signature is not None:
+            headers["x-agent-signature"] = signature
+        elif secret is not None:
+            headers["x-agent-signature"] = sign(secret, body)
+        return self.client.post(path, data=body, headers=headers)
+
+    def heartbeat(self, instance_id: str = "acme-001", **fields):
+        return self.post("/api/heartbeats", {"instance_id": instance_id, **fields})
+
+
+@pytest.fixture
+def agent(client):
+    return Agent(client)
+
+
+# --- people ---------------------------------------------------------------------------------
+CSRF_RE = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"|name="csrf_token" value="([^"]+)"')
+
+
+def csrf_token_from(html: str) -> str:
+    m = CSRF_RE.search(html) or re.search(r'id="csrf_token" name="csrf_token" type="hidden" value="([^"]+)"', html)
+    assert m, "no CSRF token in the page"
+    return next(g for g in m.groups() if g)
+
+
+def login(client, role: str, next_url: str | None = None):
+    page = client.get("/login")
+    token = csrf_token_from(page.get_data(as_text=True))
+    url = "/login" + (f"?next={next_url}" if next_url else "")
+    return client.post(url, data={"token": TOKENS[role], "csrf_token": token})
+
+
+@pytest.fixture
+def login_as(client):
+    def do(role: str):
+        resp = login(client, role)
+        assert resp.status_code in (302, 303), resp.get_data(as_text=True)
+        return client
+
+    return do
+
+
+def bearer(role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[role]}"}
+
+
+# --- a live server --------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    def __init__(self, env: dict[str, str], workers: int = 2):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **env}
+        self.workers = workers
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "LiveServer":
+        import requests
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
+             "--threads", "4", "--log-level", "warning", "cp:create_app()"],
+            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("gunicorn exited: " + self.proc.stderr.read().decode(errors="replace")[-2000:])
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                time.sleep(0.1)
+        raise RuntimeError("gunicorn did not start in 30 s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture
+def live_server(env, app):
+    """gunicorn serving ``cp:create_app()`` on 127.0.0.1 against the test database."""
+    server = LiveServer(env).start()
+    yield server
+    server.stop()
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith("postgresql")
+
+
+@pytest.fixture
+def postgres_only(migrated):
+    if not is_postgres(migrated):
+        pytest.skip("needs PostgreSQL (set CONTROL_PLANE_TEST_DATABASE_URL)")
