@@ -86,16 +86,28 @@ def migrated(database_url, instance_path):
     return database_url
 
 
-def _empty_tables(app) -> None:
-    with app.app_context():
-        db.session.remove()
-        tables = [t.name for t in reversed(db.metadata.sorted_tables)]
-        with db.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(sa.text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
-            else:
-                for t in tables:
-                    conn.execute(sa.text(f'DELETE FROM "{t}"'))
+@pytest.fixture(scope="session")
+def db_engine(migrated):
+    engine = sa.create_engine(migrated)
+    yield engine
+    engine.dispose()
+
+
+def empty_tables(engine) -> None:
+    tables = [t.name for t in reversed(db.metadata.sorted_tables)]
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
+        else:
+            for t in tables:
+                conn.execute(sa.text(f'DELETE FROM "{t}"'))
+
+
+@pytest.fixture
+def clean_db(db_engine):
+    """Every test starts, and leaves, with empty tables."""
+    yield db_engine
+    empty_tables(db_engine)
 
 
 @pytest.fixture
@@ -105,7 +117,7 @@ def env(migrated, instance_path):
 
 
 @pytest.fixture
-def make_app(env):
+def make_app(env, clean_db):
     apps = []
 
     def factory(**overrides: str):
@@ -115,8 +127,6 @@ def make_app(env):
         return app
 
     yield factory
-    if apps:
-        _empty_tables(apps[0])
     for app in apps:
         with app.app_context():
             db.session.remove()
