@@ -122,6 +122,8 @@ def _log_level(value: str) -> str:
 
 
 def _database_url(value: str) -> str:
+    if value.strip() == "":
+        return ""
     if "://" not in value:
         raise ValueError("must be an SQLAlchemy URL such as postgresql+psycopg://user@host/db")
     if value.startswith("postgres://") or value.startswith("postgresql://"):
@@ -141,7 +143,7 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("CONTROL_PLANE_DATABASE_URL", "database_url", "", _str,
+    Setting("CONTROL_PLANE_DATABASE_URL", "database_url", "", _database_url,
             "SQLAlchemy URL. Unset: an embedded SQLite file `instance/control-plane.db`. "
             "Production: `postgresql+psycopg://user:pass@host/db`."),
     Setting("CONTROL_PLANE_DB_POOL_SIZE", "db_pool_size", "5", _int_min(1),
@@ -190,8 +192,18 @@ SETTINGS: tuple[Setting, ...] = (
             "Timeout of one webhook delivery attempt."),
     Setting("CONTROL_PLANE_WEBHOOK_MAX_ATTEMPTS", "webhook_max_attempts", "20", _int_min(1),
             "Attempts before an outbox event is marked dead (retry it from the admin panel)."),
+    Setting("CONTROL_PLANE_WEBHOOK_BACKOFF_SECONDS", "webhook_backoff_seconds", "2", _float_pos,
+            "Delay before the first retry of a failed webhook delivery; it doubles on every further "
+            "attempt (with random jitter) up to CONTROL_PLANE_WEBHOOK_BACKOFF_MAX_SECONDS."),
+    Setting("CONTROL_PLANE_WEBHOOK_BACKOFF_MAX_SECONDS", "webhook_backoff_max_seconds", "300", _float_pos,
+            "Longest delay between two delivery attempts of one webhook event."),
+    Setting("CONTROL_PLANE_OUTBOX_RETENTION_DAYS", "outbox_retention_days", "30", _int_min(1),
+            "Delivered webhook events older than this are pruned from the delivery log."),
     Setting("CONTROL_PLANE_WORKER_POLL_SECONDS", "worker_poll_seconds", "1", _float_pos,
             "How often the worker looks for due work."),
+    Setting("CONTROL_PLANE_SWEEP_INTERVAL_SECONDS", "sweep_interval_seconds", "30", _float_pos,
+            "How often the worker runs its sweeps (stale installations, backup age, rollout tick); "
+            "pruning runs hourly."),
     Setting("CONTROL_PLANE_RELEASE_KEYS", "release_keys", "", _release_keys,
             'JSON object `{"key_id": "<base64 raw 32-byte Ed25519 public key>"}` of trusted '
             "release signing keys. Malformed: start-up fails."),

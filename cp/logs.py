@@ -31,8 +31,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-class UtcFormatter(logging.Formatter):
+class TextFormatter(logging.Formatter):
+    """``<time>Z LEVEL logger message key=value ...`` for people reading a terminal."""
+
     converter = time.gmtime
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = " ".join(f"{k}={v}" for k, v in record.__dict__.items()
+                          if k not in RESERVED and not k.startswith("_"))
+        return f"{line} {extras}" if extras else line
 
 
 def init_app(app) -> None:
@@ -43,7 +51,7 @@ def init_app(app) -> None:
         fmt.converter = time.gmtime
         handler.setFormatter(fmt)
     else:
-        handler.setFormatter(UtcFormatter("%(asctime)sZ %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)sZ %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger("cp")
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)

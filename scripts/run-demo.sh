@@ -11,7 +11,7 @@ HOST="${HOST:-127.0.0.1}"
 PORT="${PORT:-5000}"
 
 flask --app cp db upgrade
-flask --app cp seed-demo
+CONTROL_PLANE_LOG_LEVEL=WARNING flask --app cp seed-demo
 
 WORKER_PID=""
 if flask --app cp --help 2>/dev/null | grep -q '^  worker'; then
@@ -29,4 +29,4 @@ cat <<MSG
   agent token:   $CONTROL_PLANE_AGENT_TOKEN   (cp-agent heartbeat --url http://$HOST:$PORT --instance demo-1 --secret ...)
 
 MSG
-gunicorn --bind "$HOST:$PORT" --workers 2 --threads 4 --access-logfile - 'cp:create_app()'
+gunicorn --bind "$HOST:$PORT" --workers 2 --threads 4 'cp:create_app()'
