@@ -1,18 +1,30 @@
 """``agent_endpoint``: the one gate in front of every agent view.
 
 Order: 415 for a body that is not ``application/json``; then the signature over the raw bytes
-(401 ``invalid_signature`` for no secret, no header, a non-hex header or a mismatch; replayed
-or expired timestamps too); only then 400 for a body that is not a JSON object, then the
-view's schema (422). The signing secret is ``CONTROL_PLANE_AGENT_SECRETS[instance_id]``, else
-``CONTROL_PLANE_AGENT_TOKEN``; a listed installation never signs with the shared token.
+(401 ``invalid_signature`` for no secret, no header, a non-hex header or a mismatch; a
+malformed, expired or replayed timestamp too); then the per-installation rate limit (429);
+only then 400 for a body that is not a JSON object, then the view's schema (422). The signing
+secret is ``CONTROL_PLANE_AGENT_SECRETS[instance_id]``, else ``CONTROL_PLANE_AGENT_TOKEN``; a
+listed installation never signs with the shared token.
+
+Replay protection (optional ``x-agent-timestamp``: unix seconds, optionally with up to six
+decimals): the timestamp is signed with the body, must be within 5 minutes of the server's
+clock, and the signature is remembered as a nonce *in the request's own transaction*: a request
+takes effect at most once (a concurrent duplicate waits for the first and is then refused), and
+a request that failed (rolled back) may be retried with the same bytes. Nonces older than the
+window can never match again and are pruned in passing.
 """
 from __future__ import annotations
 
 import json
+import random
+import re
+from datetime import timedelta
 from functools import wraps
 from typing import Callable
 
 from flask import current_app, g, request
+from sqlalchemy import delete
 
 from .. import signing
 from ..dbutil import insert
@@ -39,6 +51,12 @@ def _instance_id_of(raw: bytes) -> str | None:
     return value if isinstance(value, str) else None
 
 
+TIMESTAMP_RE = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,6})?")
+# a nonce can match only while its timestamp is in the window (up to 5 minutes either side)
+NONCE_TTL = timedelta(seconds=2 * signing.REPLAY_WINDOW_SECONDS + 60)
+PRUNE_ONE_IN = 500
+
+
 def _invalid(message: str) -> Unauthorized:
     return Unauthorized(message, code="invalid_signature")
 
@@ -52,28 +70,39 @@ def verify_request() -> str | None:
     if timestamp is None and cfg.require_agent_timestamp:
         raise _invalid(f"The {signing.TIMESTAMP_HEADER} header is required.")
     if timestamp is not None:
-        if not timestamp.isdigit() or len(timestamp) > 12:
+        # ASCII digits only (str.isdigit() accepts "²" or Arabic-Indic digits, which int() or the
+        # ASCII signing of the timestamp then choke on)
+        if not TIMESTAMP_RE.fullmatch(timestamp):
             raise _invalid(f"The {signing.TIMESTAMP_HEADER} header must be unix seconds.")
-        if abs(int(utcnow().timestamp()) - int(timestamp)) > signing.REPLAY_WINDOW_SECONDS:
+        if abs(utcnow().timestamp() - float(timestamp)) > signing.REPLAY_WINDOW_SECONDS:
             raise _invalid("The request timestamp is outside the allowed window of 5 minutes.")
     header = request.headers.get(signing.SIGNATURE_HEADER)
     if not signing.verify(secret_for(instance_id), raw, header, timestamp):
         current_app.logger.info("agent signature refused",
                                 extra={"event": "invalid_signature", "instance_id": (instance_id or "")[:128]})
         raise _invalid("The x-agent-signature header is missing or does not match the body.")
-    if timestamp is not None:
-        _remember_nonce(header.strip().lower())
+    g.agent_nonce = header.strip().lower() if timestamp is not None else None
     return instance_id
 
 
-def _remember_nonce(signature: str) -> None:
-    """A timestamped signature is accepted once (its own short transaction, so a refused
-    request still burns it)."""
-    stmt = insert(AgentNonce.__table__).values(signature=signature, seen_at=utcnow())
+def remember_nonce(signature: str) -> None:
+    """A timestamped signature takes effect once: the nonce is written in the request's own
+    transaction, so it is kept exactly when the request's effects are."""
+    nonces = AgentNonce.__table__
+    now = utcnow()
+    stmt = insert(nonces).values(signature=signature, seen_at=now)
     stmt = stmt.on_conflict_do_nothing(index_elements=["signature"])
-    with db.engine.begin() as conn:
-        if conn.execute(stmt).rowcount == 0:
-            raise _invalid("This signed request was already received (replay).")
+    if db.session.execute(stmt).rowcount == 0:
+        raise _invalid("This signed request was already received (replay).")
+    if random.randrange(PRUNE_ONE_IN) == 0:
+        prune_nonces(now)
+
+
+def prune_nonces(now=None) -> int:
+    """Forget nonces that can no longer match a request inside the window."""
+    nonces = AgentNonce.__table__
+    cutoff = (now or utcnow()) - NONCE_TTL
+    return db.session.execute(delete(nonces).where(nonces.c.seen_at < cutoff)).rowcount or 0
 
 
 def agent_endpoint(view: Callable) -> Callable:
@@ -86,8 +115,18 @@ def agent_endpoint(view: Callable) -> Callable:
         from ..ratelimit import check_agent_rate
 
         check_agent_rate(g.agent_instance_id)
+        if g.agent_nonce is not None:
+            remember_nonce(g.agent_nonce)
         data = parse_json_object(request.get_data(cache=True))
-        return view(data, *args, **kwargs)
+        response = view(data, *args, **kwargs)
+        if g.agent_nonce is not None:
+            # keep the nonce even when the view only read (and so did not commit)
+            response = current_app.make_response(response)
+            if response.status_code < 400:
+                db.session.commit()
+            else:
+                db.session.rollback()
+        return response
 
     wrapped.cp_agent = True  # read by the OpenAPI spec
     return wrapped
