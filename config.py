@@ -148,6 +148,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Production: `postgresql+psycopg://user:pass@host/db`."),
     Setting("CONTROL_PLANE_DB_POOL_SIZE", "db_pool_size", "5", _int_min(1),
             "Connections kept per process (PostgreSQL)."),
+    Setting("CONTROL_PLANE_DB_PRE_PING", "db_pre_ping", "1", _bool,
+            "`1`: test each pooled connection with a round trip before a request uses it (survives a "
+            "database restart without a failed request). `0` saves that round trip on every request; "
+            "after a database restart each process then answers one request with 503 and reconnects "
+            "(see docs/performance.md)."),
     Setting("CONTROL_PLANE_SECRET_KEY", "secret_key", "", _str,
             "Signs session cookies and CSRF tokens. Unset: a random key is generated once and "
             "kept in `instance/secret_key` (mode 0600), shared by the processes of one host; "
@@ -211,6 +216,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Login attempts per client address per minute."),
     Setting("CONTROL_PLANE_AGENT_RATE_LIMIT", "agent_rate_limit", "600", _int_min(1),
             "Agent requests per installation per minute."),
+    Setting("CONTROL_PLANE_TRUSTED_PROXIES", "trusted_proxies", "0", _int_min(0),
+            "How many reverse proxies sit in front of the web side: their `X-Forwarded-For/-Proto/-Host` "
+            "are trusted for that many hops (client address of the rate limits and audit log, HTTPS). "
+            "`0`: the peer address is the client."),
     Setting("CONTROL_PLANE_LOG_LEVEL", "log_level", "INFO", _log_level, "Log level."),
     Setting("CONTROL_PLANE_LOG_FORMAT", "log_format", "json", _log_format,
             "`json` (one object per line) or `text`."),

@@ -26,7 +26,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app = Flask(__name__, instance_path=env.get("CONTROL_PLANE_INSTANCE_PATH") or None)
     _configure(app, settings)
 
-    from . import admin, agent_api, api, auth, cli, errors, logs, ops, views
+    from . import admin, agent_api, api, auth, cli, errors, logs, metrics, ops, security, views
     from .extensions import csrf, db, migrate
 
     logs.init_app(app)
@@ -34,8 +34,10 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
     csrf.init_app(app)
     errors.init_app(app)
+    security.init_app(app)
     auth.init_app(app)
     ops.init_app(app)
+    metrics.init_app(app)
     agent_api.init_app(app)
     api.init_app(app)
     views.init_app(app)
@@ -47,7 +49,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
 def _configure(app: Flask, settings: Settings) -> None:
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     url = settings.database_url or f"sqlite:///{Path(app.instance_path) / 'control-plane.db'}"
-    engine_options: dict = {"pool_pre_ping": True}
+    engine_options: dict = {"pool_pre_ping": settings.db_pre_ping}
     if url.startswith("sqlite"):
         engine_options = {"connect_args": {"timeout": 30}}
     else:

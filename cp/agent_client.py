@@ -40,7 +40,8 @@ def build_request(path: str, payload: dict, secret: str, *, timestamp: bool = Tr
     headers = {"Content-Type": "application/json"}
     ts = None
     if timestamp:
-        ts = str(int(now if now is not None else time.time()))
+        # milliseconds: two identical requests in the same second must not look like a replay
+        ts = f"{(now if now is not None else time.time()):.3f}"
         headers[TIMESTAMP_HEADER] = ts
     headers[SIGNATURE_HEADER] = sign(secret, body, ts)
     return SignedRequest(path, body, headers)

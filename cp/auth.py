@@ -28,8 +28,9 @@ from flask_wtf import FlaskForm
 from wtforms import PasswordField
 from wtforms.validators import DataRequired
 
+from . import ratelimit, security
 from .errors import Forbidden, Unauthorized
-from .extensions import csrf, login_manager
+from .extensions import csrf, db, login_manager
 
 ROLES = ("support", "ops", "admin")
 ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
@@ -82,6 +83,9 @@ def _load_user(user_id: str) -> RoleUser | None:
     token = settings().role_tokens().get(role)
     if not token or not hmac.compare_digest(fingerprint.encode(), _token_fingerprint(token).encode()):
         return None
+    # the server-side half of the login: gone after logout or expiry (cp.security)
+    if security.login_session_role(session.get(security.SESSION_KEY)) != role:
+        return None
     return RoleUser(role, fingerprint)
 
 
@@ -98,8 +102,10 @@ def current_role() -> str | None:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("Send Authorization: Bearer <role token>.", code="invalid_token")
+        ratelimit.check_bearer_allowed()  # a wrong bearer token is a login attempt (cp.ratelimit)
         role = role_for_token(token.strip())
         if role is None:
+            ratelimit.count_failed_bearer()
             raise Unauthorized("The bearer token is not valid.", code="invalid_token")
         g.cp_auth = "bearer"
     elif current_user.is_authenticated:
@@ -189,16 +195,16 @@ def login():
         if not form.validate_on_submit():
             error = "Your form expired; please try again." if form.csrf_token.errors else "Enter a token."
             return render_template("login.html", form=form, error=error, next=next_url), 400
-        from .ratelimit import check_login_rate
-
-        check_login_rate()
+        ratelimit.check_login_rate()  # before the compare: refused attempts learn nothing
         role = role_for_token(form.token.data)
         if role is None:
             current_app.logger.info("login refused", extra={"event": "login_failed", "remote": request.remote_addr})
             return render_template("login.html", form=form, error="That token is not valid.", next=next_url), 401
         session.clear()  # a fresh session on every login (no fixation)
+        session[security.SESSION_KEY] = security.start_login_session(role)
         login_user(RoleUser(role, _token_fingerprint(settings().role_tokens()[role])))
         session.permanent = True
+        db.session.commit()
         current_app.logger.info("login", extra={"event": "login", "role": role})
         return redirect(next_url if is_safe_next(next_url) else "/", code=303)
     return render_template("login.html", form=form, error=None, next=next_url)
@@ -207,6 +213,8 @@ def login():
 @bp.route("/logout", methods=["POST"])
 @csrf.exempt  # SameSite=Lax keeps other sites' POSTs from carrying the cookie; logout is harmless
 def logout():
+    security.end_login_session(session.get(security.SESSION_KEY))
+    db.session.commit()
     logout_user()
     session.clear()
     if request.accept_mimetypes.best == "application/json" or request.is_json:

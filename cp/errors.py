@@ -108,7 +108,7 @@ def wants_json() -> bool:
 
 def init_app(app) -> None:
     from flask import render_template
-    from sqlalchemy.exc import DBAPIError, OperationalError
+    from sqlalchemy.exc import DataError, DBAPIError, OperationalError
     from werkzeug.exceptions import HTTPException
 
     def _render(status: int, code: str, message: str, details: dict | None = None, headers=None):
@@ -135,6 +135,21 @@ def init_app(app) -> None:
         if status == 405 and getattr(exc, "valid_methods", None):
             headers["Allow"] = ", ".join(exc.valid_methods)
         return _render(status, code, message, None, headers)
+
+    @app.errorhandler(DataError)
+    @app.errorhandler(OverflowError)
+    def _out_of_range(exc):
+        """A value the database cannot hold (an id or number out of its column's range): the
+        client's input, never a 500 (cp.security bounds path ids already)."""
+        from .extensions import db
+
+        log.info("value out of range on %s: %s", _safe_path(), type(exc).__name__)
+        try:
+            db.session.rollback()
+        except Exception:  # noqa: BLE001
+            pass
+        return _render(422, "validation_error", "A value is out of the range this service accepts.",
+                       {"_schema": ["A number is out of range."]})
 
     @app.errorhandler(OperationalError)
     def _db_down(exc):

@@ -10,8 +10,8 @@ Rules (``CONTRACT.md``, Heartbeats):
 - ``alerts`` is the agent's current set: reported+open -> seen again, reported+not open ->
   opened, open+not reported -> resolved (a heartbeat without ``alerts`` reports none);
 - the control plane derives its own alerts from the merged state: ``slo`` per figure over its
-  limit, ``backup`` for a failed/missing backup (critical) or a stale ``last_backup_at``
-  (warning); a figure that is unknown keeps its alert as it is. A heartbeat resolves the
+  limit, ``backup`` for a failed/missing backup (critical; ``running`` keeps it as it is) or a
+  stale ``last_backup_at`` (warning); a figure that is unknown keeps its alert as it is. A heartbeat resolves the
   ``heartbeat`` (stale) alert;
 - job failures are events, deduplicated per (queue, message) while unresolved.
 """
@@ -20,23 +20,25 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Any
 
 from flask import current_app
-from sqlalchemy import and_, exists, select, update
+from sqlalchemy import Integer, bindparam, case, func, literal, null, select, true, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from .alerts import agent_alert_fingerprint, alert_payload, enqueue_events, job_failure_fingerprint
-from .dbutil import insert
+from . import heartbeat_pg
 from .extensions import db
 from .models import (
     HEARTBEAT_MANAGED_SOURCES,
     Alert,
     Installation,
     InstallationEvent,
-    Job,
     JobFailure,
     RestoreVerification,
-    Rollout,
     SloSample,
+    UTCDateTime,
 )
 from .timeutil import isoformat, utcnow
 
@@ -105,7 +107,8 @@ def derived_alerts(state: dict, now: datetime) -> tuple[list[DesiredAlert], set[
                 fp, "critical", "slo",
                 f"SLO breached: {label} ({figure}) is {_fmt(value)}{unit}, above the limit of {_fmt(limit)}{unit}."))
     status = state.get("backup_status")
-    if status is None:
+    if status is None or status == "running":
+        # unknown, or a backup in progress: its outcome is not known yet, the alert stays as it is
         keep.add("backup:status")
     elif status in ("failed", "missing"):
         desired.append(DesiredAlert("backup:status", "critical", "backup", f"Backup status is {status}."))
@@ -113,52 +116,60 @@ def derived_alerts(state: dict, now: datetime) -> tuple[list[DesiredAlert], set[
     if last_backup is None:
         keep.add("backup:age")
     else:
-        max_age = timedelta(hours=cfg.backup_max_age_hours)
-        if now - last_backup > max_age:
-            hours = (now - last_backup).total_seconds() / 3600
-            desired.append(DesiredAlert(
-                "backup:age", "warning", "backup",
-                f"Last backup is {hours:.1f} hours old, over the limit of {_fmt(cfg.backup_max_age_hours)} hours."))
+        age_alert = backup_age_alert(last_backup, now)
+        if age_alert is not None:
+            desired.append(age_alert)
     return desired, keep
 
 
+def backup_age_alert(last_backup: datetime, now: datetime) -> DesiredAlert | None:
+    """The ``backup:age`` warning when ``last_backup`` is older than the limit (the one rule,
+    used by the heartbeat and by the worker's backup-age sweep)."""
+    limit_hours = current_app.config["CP_SETTINGS"].backup_max_age_hours
+    if now - last_backup <= timedelta(hours=limit_hours):
+        return None
+    hours = (now - last_backup).total_seconds() / 3600
+    return DesiredAlert(
+        "backup:age", "warning", "backup",
+        f"Last backup is {hours:.1f} hours old, over the limit of {_fmt(limit_hours)} hours.")
+
+
 def record_heartbeat(data: dict, now: datetime | None = None) -> HeartbeatResult:
-    """Apply one validated heartbeat (see ``HeartbeatSchema``) in the current transaction."""
+    """Apply one validated heartbeat (see ``HeartbeatSchema``) in the current transaction.
+
+    The rules are decided here in Python, then written with a fixed number of statements
+    whatever the heartbeat carries: on PostgreSQL two (``cp.heartbeat_pg``: the installation,
+    then everything else in one statement); elsewhere the portable statements of
+    ``_statements`` (the installation, one sweep of its open alerts, and only when needed new
+    alerts, history events, one job-failure upsert, one SLO upsert). Plus the outbox when a
+    webhook is configured and alerts opened or resolved.
+    """
     now = now or utcnow()
-    session = db.session
+    conn = db.session.connection()
+    pg = conn.dialect.name == "postgresql"
+    st = _statements(conn.dialect.name)
     instance_id = data["instance_id"]
     provided = {k: data[k] for k in SCALAR_FIELDS if data.get(k) is not None}
 
-    # 1. the installation row, locked (or created)
-    cols = [inst.c.id] + [inst.c[k] for k in SCALAR_FIELDS]
-    row = session.execute(select(*cols).where(inst.c.instance_id == instance_id).with_for_update()).first()
-    if row is None:
-        ins = (insert(inst).values(instance_id=instance_id, first_seen_at=now, last_seen_at=now,
-                                   heartbeats_total=1, **provided)
-               .on_conflict_do_nothing(index_elements=["instance_id"]).returning(inst.c.id))
-        new_id = session.execute(ins).scalar()
-        if new_id is None:  # registered concurrently: lock it and continue as an update
-            row = session.execute(select(*cols).where(inst.c.instance_id == instance_id).with_for_update()).first()
-        else:
-            old = {}
-            installation_id = new_id
-    if row is not None:
-        installation_id = row.id
-        old = dict(row._mapping)
-        session.execute(update(inst).where(inst.c.id == installation_id).values(
-            last_seen_at=now, heartbeats_total=inst.c.heartbeats_total + 1, **provided))
+    # 1. the installation row, locked, its old values read and the heartbeat's applied (or created)
+    old, created = _touch(conn, st, pg, instance_id, provided, now)
+    installation_id = old["id"]
     state = {k: old.get(k) for k in SCALAR_FIELDS}
     state.update(provided)
+    if "release_channel" in provided and old.get("release_channel") != provided["release_channel"]:
+        # new on a channel, or moved: rollouts add or cancel its jobs (a normal heartbeat skips this)
+        from .rollouts import on_channel_change
 
-    # 2. history of the fields people follow
+        on_channel_change(installation_id, old.get("release_channel"), provided["release_channel"],
+                          state.get("version"), now)
+
+    # 2. what the heartbeat means
+    # history of the fields people follow
     events = [
         {"installation_id": installation_id, "field": f, "old_value": old.get(f), "new_value": provided[f], "at": now}
-        for f in HISTORY_FIELDS if f in provided and old and old.get(f) != provided[f]
+        for f in HISTORY_FIELDS if f in provided and not created and old.get(f) != provided[f]
     ]
-    if events:
-        session.execute(insert(InstallationEvent), events)
-
-    # 3. alerts: the agent's set plus the derived ones, against what is open
+    # alerts: the agent's set plus the derived ones; ``keep``: derived ones whose state is unknown
     desired: dict[str, DesiredAlert] = {}
     for item in data.get("alerts") or []:
         fp = agent_alert_fingerprint(item["level"], item["message"])
@@ -166,105 +177,195 @@ def record_heartbeat(data: dict, now: datetime | None = None) -> HeartbeatResult
     derived, keep = derived_alerts(state, now)
     for d in derived:
         desired[d.fingerprint] = d
-    open_rows = session.execute(
-        select(alerts_t.c.id, alerts_t.c.fingerprint, alerts_t.c.level, alerts_t.c.source, alerts_t.c.message,
-               alerts_t.c.opened_at)
-        .where(alerts_t.c.installation_id == installation_id, alerts_t.c.resolved_at.is_(None),
-               alerts_t.c.source.in_(HEARTBEAT_MANAGED_SOURCES))
-    ).all()
-    open_by_fp = {r.fingerprint: r for r in open_rows}
-    to_open = [d for fp, d in desired.items() if fp not in open_by_fp]
-    seen_ids = [r.id for fp, r in open_by_fp.items() if fp in desired]
-    to_resolve = [r for fp, r in open_by_fp.items() if fp not in desired and fp not in keep]
-
-    outbox: list[tuple[str, dict]] = []
-    if to_open:
-        opened = session.execute(
-            insert(alerts_t).returning(alerts_t.c.id, alerts_t.c.fingerprint),
-            [{"installation_id": installation_id, "level": d.level, "source": d.source, "fingerprint": d.fingerprint,
-              "message": d.message, "opened_at": now, "last_seen_at": now, "occurrences": 1} for d in to_open],
-        ).all()
-        ids = {r.fingerprint: r.id for r in opened}
-        for d in to_open:
-            outbox.append(("opened", alert_payload(
-                {"id": ids[d.fingerprint], "level": d.level, "source": d.source, "message": d.message,
-                 "opened_at": now, "resolved_at": None}, instance_id)))
-    if seen_ids:
-        session.execute(update(alerts_t).where(alerts_t.c.id.in_(seen_ids))
-                        .values(last_seen_at=now, occurrences=alerts_t.c.occurrences + 1))
-    if to_resolve:
-        session.execute(update(alerts_t).where(alerts_t.c.id.in_([r.id for r in to_resolve]))
-                        .values(resolved_at=now, resolved_by="heartbeat"))
-        for r in to_resolve:
-            outbox.append(("resolved", alert_payload(
-                {"id": r.id, "level": r.level, "source": r.source, "message": r.message,
-                 "opened_at": r.opened_at, "resolved_at": now}, instance_id)))
-    if outbox:
-        enqueue_events(outbox, now)
-
-    # 4. job failures: one upsert for all of them
+    # job failures, deduplicated per (queue, message)
     counts: Counter = Counter()
     first: dict[str, dict] = {}
     for item in data.get("job_failures") or []:
         fp = job_failure_fingerprint(item["queue"], item["message"])
         counts[fp] += 1
         first.setdefault(fp, item)
-    if counts:
-        stmt = insert(failures_t)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["installation_id", "fingerprint"],
-            index_where=failures_t.c.resolved_at.is_(None),
-            set_={"occurrences": failures_t.c.occurrences + stmt.excluded.occurrences,
-                  "last_seen_at": stmt.excluded.last_seen_at},
-        )
-        session.execute(stmt, [
-            {"installation_id": installation_id, "queue": first[fp]["queue"], "message": first[fp]["message"],
-             "fingerprint": fp, "first_seen_at": now, "last_seen_at": now, "occurrences": n}
-            for fp, n in counts.items()
-        ])
+    failures = [{"queue": first[fp]["queue"], "message": first[fp]["message"], "fingerprint": fp, "occurrences": n}
+                for fp, n in counts.items()]
+    # SLO history: one point per installation per 5 minutes (the last figures of the bucket)
+    slo = {k: provided.get(k) for k in SLO_FIELDS} if any(k in provided for k in SLO_FIELDS) else None
 
-    # 5. SLO history: one point per installation per 5 minutes (the last figures of the bucket)
-    slo = {k: provided[k] for k in SLO_FIELDS if k in provided}
-    if slo:
-        stmt = insert(SloSample.__table__).values(installation_id=installation_id, bucket=slo_bucket(now), **slo)
-        stmt = stmt.on_conflict_do_update(index_elements=["installation_id", "bucket"],
-                                          set_={k: stmt.excluded[k] for k in slo})
-        session.execute(stmt)
+    # 3. write it: open alerts seen again or resolved, new alerts, events, failures, SLO point
+    write = heartbeat_pg.apply if pg else _apply_portable
+    swept, opened = write(conn, installation_id, now, sweep=not created, desired=list(desired.values()),
+                          keep=list(keep), events=events, failures=failures, slo=slo, bucket=slo_bucket(now))
+    resolved = [r for r in swept if r.resolved_at is not None]
 
-    return HeartbeatResult(installation_id, instance_id, now, len(to_open), len(to_resolve))
+    # 4. the webhook outbox, in the same transaction
+    outbox: list[tuple[str, dict]] = []
+    for r in opened:
+        d = desired[r.fingerprint]
+        outbox.append(("opened", alert_payload(
+            {"id": r.id, "level": d.level, "source": d.source, "message": d.message,
+             "opened_at": now, "resolved_at": None}, instance_id)))
+    for r in resolved:
+        outbox.append(("resolved", alert_payload(
+            {"id": r.id, "level": r.level, "source": r.source, "message": r.message,
+             "opened_at": r.opened_at, "resolved_at": now}, instance_id)))
+    if outbox:
+        enqueue_events(outbox, now)
+
+    return HeartbeatResult(installation_id, instance_id, now, len(opened), len(resolved))
+
+
+def _touch(conn, st, pg: bool, instance_id: str, provided: dict, now: datetime) -> tuple[dict, bool]:
+    """Lock the installation, read its stored fields and apply the heartbeat's: ``(old values
+    with "id", created)``; an unknown installation registers itself (``created``, no old values)."""
+    old = heartbeat_pg.touch(conn, instance_id, provided, now) if pg else _touch_portable(conn, st, instance_id,
+                                                                                          provided, now)
+    if old is not None:
+        return old, False
+    new_id = conn.execute(st.register, {"instance_id": instance_id, "first_seen_at": now, "last_seen_at": now,
+                                        "heartbeats_total": 1, **provided}).scalar()
+    if new_id is not None:
+        return {"id": new_id}, True
+    # registered concurrently: lock it and continue as an update
+    old = heartbeat_pg.touch(conn, instance_id, provided, now) if pg else _touch_portable(conn, st, instance_id,
+                                                                                          provided, now)
+    return old, False
+
+
+def _touch_portable(conn, st, instance_id: str, provided: dict, now: datetime) -> dict | None:
+    params = {"p_instance_id": instance_id, "now": now, **{f"new_{k}": provided.get(k) for k in SCALAR_FIELDS}}
+    row = conn.execute(st.lock, params).first()
+    if row is None:
+        return None
+    conn.execute(st.touch, {**params, "p_installation_id": row.id})
+    return dict(row._mapping)
+
+
+def _apply_portable(conn, installation_id: int, now: datetime, *, sweep: bool, desired: list, keep: list,
+                    events: list[dict], failures: list[dict], slo: dict | None, bucket: datetime):
+    """``cp.heartbeat_pg.apply`` as portable statements (SQLite): the same writes and results."""
+    st = _statements(conn.dialect.name)
+    if events:
+        conn.execute(st.add_events, events)
+    swept = conn.execute(st.sweep_alerts, {
+        "p_installation_id": installation_id, "now": now, "desired": [d.fingerprint for d in desired],
+        "keep": keep}).all() if sweep else []
+    still_open = {r.fingerprint for r in swept if r.resolved_at is None}
+    to_open = [d for d in desired if d.fingerprint not in still_open]
+    opened = []
+    if to_open:
+        opened = conn.execute(st.open_alerts, [
+            {"installation_id": installation_id, "level": d.level, "source": d.source, "fingerprint": d.fingerprint,
+             "message": d.message, "opened_at": now, "last_seen_at": now, "occurrences": 1} for d in to_open]).all()
+    if failures:
+        conn.execute(st.upsert_failures, [
+            {"installation_id": installation_id, "first_seen_at": now, "last_seen_at": now, **f}
+            for f in failures]).all()
+    if slo is not None:
+        conn.execute(st.slo_sample, {"installation_id": installation_id, "bucket": bucket, **slo})
+    return swept, opened
+
+
+@dataclass(frozen=True)
+class _Statements:
+    lock: Any
+    touch: Any
+    register: Any
+    add_events: Any
+    sweep_alerts: Any
+    open_alerts: Any
+    upsert_failures: Any
+    slo_sample: Any
+
+
+@lru_cache(maxsize=None)
+def _statements(dialect_name: str) -> _Statements:
+    """The heartbeat's statements, built once per backend with bind parameters (building and
+    compiling a statement costs more than running it; SQLAlchemy caches the compiled form)."""
+    ins = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+    now = bindparam("now", type_=UTCDateTime())
+    old_cols = [inst.c.id] + [inst.c[k] for k in SCALAR_FIELDS]
+    # a field the heartbeat carries overwrites the stored one; an absent one (NULL) keeps it
+    set_fields = {k: func.coalesce(bindparam(f"new_{k}", type_=inst.c[k].type), inst.c[k]) for k in SCALAR_FIELDS}
+    set_fields.update(last_seen_at=now, heartbeats_total=inst.c.heartbeats_total + 1)
+    by_instance_id = inst.c.instance_id == bindparam("p_instance_id")
+
+    # the columns come from the parameters (instance_id, first/last_seen_at, heartbeats_total, fields)
+    register = ins(inst).on_conflict_do_nothing(index_elements=["instance_id"]).returning(inst.c.id)
+
+    # one pass over the open alerts the heartbeat manages: the desired ones are seen again, the
+    # others are resolved, except those whose state is unknown (``keep``), which are left alone
+    desired = alerts_t.c.fingerprint.in_(bindparam("desired", expanding=True))
+    sweep = (update(alerts_t)
+             .where(alerts_t.c.installation_id == bindparam("p_installation_id"), alerts_t.c.resolved_at.is_(None),
+                    alerts_t.c.source.in_(HEARTBEAT_MANAGED_SOURCES),
+                    alerts_t.c.fingerprint.not_in(bindparam("keep", expanding=True)))
+             .values(last_seen_at=case((desired, now), else_=alerts_t.c.last_seen_at),
+                     occurrences=case((desired, alerts_t.c.occurrences + 1), else_=alerts_t.c.occurrences),
+                     resolved_at=case((desired, null()), else_=now),
+                     resolved_by=case((desired, null()), else_=literal("heartbeat")))
+             .returning(alerts_t.c.id, alerts_t.c.fingerprint, alerts_t.c.level, alerts_t.c.source,
+                        alerts_t.c.message, alerts_t.c.opened_at, alerts_t.c.resolved_at))
+
+    # one multi-row upsert for all the failures: with RETURNING, SQLAlchemy sends a list of rows
+    # as one INSERT ... VALUES (...), (...) ("insertmanyvalues"), never one statement per row
+    failures = ins(failures_t)
+    failures = failures.on_conflict_do_update(
+        index_elements=["installation_id", "fingerprint"],
+        index_where=failures_t.c.resolved_at.is_(None),
+        set_={"occurrences": failures_t.c.occurrences + failures.excluded.occurrences,
+              "last_seen_at": failures.excluded.last_seen_at},
+    ).returning(failures_t.c.id)
+
+    slo_t = SloSample.__table__
+    slo = ins(slo_t)  # columns from the parameters: installation_id, bucket and the three figures
+    slo = slo.on_conflict_do_update(index_elements=["installation_id", "bucket"],
+                                    set_={k: func.coalesce(slo.excluded[k], slo_t.c[k]) for k in SLO_FIELDS})
+    return _Statements(
+        lock=select(*old_cols).where(by_instance_id).with_for_update(),
+        touch=update(inst).where(inst.c.id == bindparam("p_installation_id")).values(set_fields),
+        register=register,
+        add_events=InstallationEvent.__table__.insert(),
+        sweep_alerts=sweep,
+        open_alerts=alerts_t.insert().returning(alerts_t.c.id, alerts_t.c.fingerprint),
+        upsert_failures=failures,
+        slo_sample=slo,
+    )
 
 
 def pending_for(installation_id: int, now: datetime | None = None) -> dict:
-    """What waits for the agent: update/plugin jobs and scheduled restore verifications."""
+    """What waits for the agent: update/plugin jobs and the restore verifications that are due
+    (scheduled, ``scheduled_for`` reached; one scheduled for later appears once its time comes).
+    One statement: the two flags and the due verifications (``_pending_statement``)."""
     now = now or utcnow()
-    jobs_t = Job.__table__
-    rollouts_t = Rollout.__table__
-
-    def waiting(kind: str):
-        # a job waits when it is unfinished and either has no rollout (plugin approval) or
-        # belongs to an opened batch of an active rollout
-        return exists().where(
-            jobs_t.c.installation_id == installation_id, jobs_t.c.kind == kind,
-            jobs_t.c.status.in_(("pending", "in_progress")),
-            (jobs_t.c.rollout_id.is_(None)) | exists().where(
-                and_(rollouts_t.c.id == jobs_t.c.rollout_id, rollouts_t.c.status == "active",
-                     jobs_t.c.batch <= rollouts_t.c.current_batch)),
-        )
-
-    flags = db.session.execute(select(waiting("update").label("update"), waiting("plugin").label("plugin"))).one()
-    rv = RestoreVerification.__table__
-    restores = db.session.execute(
-        select(rv.c.id, rv.c.backup_id, rv.c.scheduled_for)
-        .where(rv.c.installation_id == installation_id, rv.c.status == "scheduled")
-        .order_by(rv.c.scheduled_for, rv.c.id).limit(100)
-    ).all()
+    rows = db.session.connection().execute(_pending_statement(), {"installation_id": installation_id,
+                                                                  "now": now}).all()
     return {
-        "update": bool(flags.update),
-        "plugin": bool(flags.plugin),
+        "update": bool(rows[0].update),
+        "plugin": bool(rows[0].plugin),
         "restore_verifications": [
-            {"id": r.id, "backup_id": r.backup_id, "scheduled_for": isoformat(r.scheduled_for)} for r in restores
+            {"id": r.id, "backup_id": r.backup_id, "scheduled_for": isoformat(r.scheduled_for)}
+            for r in rows if r.id is not None
         ],
     }
+
+
+@lru_cache(maxsize=None)
+def _pending_statement():
+    """``SELECT <update waits>, <plugin waits>, due.* FROM (one row) LEFT JOIN due``: one row when
+    nothing is due, else one per due verification (at most 100, oldest first)."""
+    # exactly when /api/updates/next (or /api/plugins/next) would hand out a job: one rule,
+    # written once in the rollout engine
+    from .rollouts import waiting_job_exists
+
+    iid = bindparam("installation_id", type_=Integer())
+    rv = RestoreVerification.__table__
+    due = (select(rv.c.id, rv.c.backup_id, rv.c.scheduled_for)
+           .where(rv.c.installation_id == iid, rv.c.status == "scheduled",
+                  rv.c.scheduled_for <= bindparam("now", type_=UTCDateTime()))
+           .order_by(rv.c.scheduled_for, rv.c.id).limit(100).subquery("due"))
+    one = select(literal(1).label("one")).subquery("one")
+    return (select(waiting_job_exists(iid, "update").label("update"), waiting_job_exists(iid, "plugin").label("plugin"),
+                   due.c.id, due.c.backup_id, due.c.scheduled_for)
+            .select_from(one.outerjoin(due, true()))
+            .order_by(due.c.scheduled_for, due.c.id))
 
 
 def installation_id_for(instance_id: str) -> int | None:

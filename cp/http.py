@@ -22,8 +22,8 @@ class UnsupportedMediaType(DomainError):
 
 def require_json_content_type() -> None:
     """Requests with a body must be ``Content-Type: application/json`` (else 415)."""
-    if request.content_length == 0 and not request.get_data(cache=True):
-        return
+    if not request.content_length and not request.get_data(cache=True):
+        return  # no body at all (no Content-Length, or 0): nothing to type
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Requests with a body must be Content-Type: application/json.")
 

@@ -259,6 +259,8 @@ class Rollout(db.Model):
     current_batch: Mapped[int] = mapped_column(Integer, default=1)
     batches: Mapped[int] = mapped_column(Integer, default=0)
     targets: Mapped[int] = mapped_column(Integer, default=0)
+    # installations on the channel left out at creation because they already run a newer version
+    skipped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     max_failures: Mapped[Optional[int]] = mapped_column(Integer)
     max_failure_ratio: Mapped[Optional[float]] = mapped_column(Float)
     auto_advance_success_ratio: Mapped[Optional[float]] = mapped_column(Float)
@@ -275,6 +277,13 @@ class Rollout(db.Model):
     __table_args__ = (
         Index("ix_rollouts_created", "created_at", "id"),
         Index("ix_rollouts_status", "status"),
+        # at most one open (active or paused) rollout per channel, and per plugin
+        Index("uq_rollouts_open_core_channel", "channel", unique=True,
+              postgresql_where=text("kind = 'core' AND status IN ('active', 'paused')"),
+              sqlite_where=text("kind = 'core' AND status IN ('active', 'paused')")),
+        Index("uq_rollouts_open_plugin", "plugin", unique=True,
+              postgresql_where=text("kind = 'plugin' AND status IN ('active', 'paused')"),
+              sqlite_where=text("kind = 'plugin' AND status IN ('active', 'paused')")),
     )
 
 
@@ -305,6 +314,8 @@ class Job(db.Model):
     __table_args__ = (
         Index("ix_jobs_installation_kind_status", "installation_id", "kind", "status"),
         Index("ix_jobs_rollout_batch_status", "rollout_id", "batch", "status"),
+        # one job per installation per rollout (jobs without a rollout are not constrained)
+        UniqueConstraint("rollout_id", "installation_id", name="uq_jobs_rollout_installation"),
     )
 
 
@@ -391,6 +402,8 @@ class OutboxEvent(db.Model):
         Index("ix_outbox_pending", "next_attempt_at", "id",
               postgresql_where=text("status = 'pending'"), sqlite_where=text("status = 'pending'")),
         Index("ix_outbox_alert", "alert_id", "id"),
+        # the delivery log's status filter, the metrics' counts and the pruning of old deliveries
+        Index("ix_outbox_status_created", "status", "created_at"),
     )
 
 
@@ -409,17 +422,25 @@ class AuditLog(db.Model):
     source_ip: Mapped[Optional[str]] = mapped_column(String(64))
     details: Mapped[Optional[dict]] = mapped_column(JSON)
 
-    __table_args__ = (Index("ix_audit_log_at", "at", "id"),)
+    __table_args__ = (
+        Index("ix_audit_log_at", "at", "id"),
+        # the audit screen's and /api/audit's filters, newest first
+        Index("ix_audit_log_action_at", "action", "at"),
+        Index("ix_audit_log_target", "target_type", "target_id"),
+    )
 
 
 class RateLimitBucket(db.Model):
-    """Fixed-window request counters shared by every process (login and agent limits)."""
+    """Fixed-window request counters shared by every process (login and agent limits): one row
+    per key, restarted in place when a new window begins (``cp.ratelimit``)."""
 
     __tablename__ = "rate_limit_buckets"
 
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
-    window_start: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime())
     count: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (Index("ix_rate_limit_buckets_window", "window_start"),)
 
 
 class AgentNonce(db.Model):
@@ -431,3 +452,18 @@ class AgentNonce(db.Model):
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
 
     __table_args__ = (Index("ix_agent_nonces_seen", "seen_at"),)
+
+
+class LoginSession(db.Model):
+    """A person's login: the session cookie carries a random id whose SHA-256 is the key here.
+    The user loader checks the row on every request; logout deletes it, so a copied cookie
+    stops working (``cp.security``)."""
+
+    __tablename__ = "login_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_login_sessions_expires", "expires_at"),)

@@ -1,15 +1,25 @@
 """Fixed-window rate limits kept in the database, so every gunicorn worker and host shares them.
 
-``hit(key, limit)`` counts one request in the current one-minute window in its own short
-transaction (a refused or failed request still counts) and raises ``RateLimited`` (429 with
-``Retry-After``) past the limit.
+One row per key (``login:<address>``, ``agent:<instance_id>``) holds the current one-minute
+window and its count. ``hit(key, limit)`` counts one request with a single upsert that also
+restarts the window in place when the stored one is over, in its own short transaction (so a
+refused or failed request still counts), and raises ``RateLimited`` (429 with ``Retry-After``)
+past the limit. ``peek`` only reads (for bearer tokens: checked before the compare, counted
+only when wrong).
+
+Cost on the agent hot path: one upsert in its own transaction. On PostgreSQL that transaction
+commits with ``synchronous_commit = off`` (a crash can forget the last fraction of a second of
+counts, nothing else), so it does not wait for a WAL flush. Old rows are pruned in passing.
 """
 from __future__ import annotations
 
+import random
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 from flask import current_app, request
-from sqlalchemy import delete
+from sqlalchemy import case, delete, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 
 from .dbutil import insert
 from .errors import RateLimited
@@ -18,6 +28,7 @@ from .models import RateLimitBucket
 from .timeutil import utcnow
 
 WINDOW_SECONDS = 60
+PRUNE_ONE_IN = 500  # a hit prunes rows of long-gone windows once in this many calls
 buckets = RateLimitBucket.__table__
 
 
@@ -26,33 +37,129 @@ def _window(now: datetime) -> datetime:
     return datetime.fromtimestamp(epoch - epoch % WINDOW_SECONDS, tz=now.tzinfo)
 
 
+def _refuse(limit: int, what: str, window: datetime, now: datetime) -> RateLimited:
+    retry_after = max(1, int((window + timedelta(seconds=WINDOW_SECONDS) - now).total_seconds()) + 1)
+    return RateLimited(f"Too many {what}; retry in {retry_after} seconds.", retry_after=retry_after,
+                       details={"limit": limit, "window_seconds": WINDOW_SECONDS})
+
+
+def _count_statement(key: str, window: datetime):
+    stmt = insert(buckets).values(key=key, window_start=window, count=1)
+    stored = buckets.c.window_start
+    new = stmt.excluded.window_start
+    # Same window: +1. A newer window: restart at 1. An older one (a process whose clock lags):
+    # count it into the stored, newer window.
+    return stmt.on_conflict_do_update(
+        index_elements=["key"],
+        set_={"count": case((stored < new, 1), else_=buckets.c.count + 1),
+              "window_start": case((stored < new, new), else_=stored)},
+    ).returning(buckets.c.count)
+
+
 def hit(key: str, limit: int, what: str) -> None:
+    """Count one request for ``key``; 429 when it is over ``limit`` in the current window."""
     now = utcnow()
     window = _window(now)
-    stmt = insert(buckets).values(key=key[:255], window_start=window, count=1)
-    stmt = stmt.on_conflict_do_update(index_elements=["key", "window_start"],
-                                      set_={"count": buckets.c.count + 1}).returning(buckets.c.count)
     with db.engine.begin() as conn:
-        count = conn.execute(stmt).scalar()
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
+        count = conn.execute(_count_statement(key[:255], window)).scalar_one()
+        if random.randrange(PRUNE_ONE_IN) == 0:
+            _prune(conn, now)
     if count > limit:
-        retry_after = max(1, int((window + timedelta(seconds=WINDOW_SECONDS) - now).total_seconds()) + 1)
-        raise RateLimited(f"Too many {what}; retry in {retry_after} seconds.", retry_after=retry_after,
-                          details={"limit": limit, "window_seconds": WINDOW_SECONDS})
+        raise _refuse(limit, what, window, now)
+
+
+def peek(key: str, limit: int, what: str) -> None:
+    """429 when ``key`` has already reached ``limit`` in the current window (counts nothing)."""
+    now = utcnow()
+    window = _window(now)
+    count = db.session.execute(
+        select(buckets.c.count).where(buckets.c.key == key[:255], buckets.c.window_start == window)).scalar()
+    if count is not None and count >= limit:
+        raise _refuse(limit, what, window, now)
 
 
 def client_address() -> str:
     return request.remote_addr or "unknown"
 
 
+def _settings():
+    return current_app.config["CP_SETTINGS"]
+
+
+def login_key() -> str:
+    return f"login:{client_address()}"
+
+
 def check_login_rate() -> None:
-    hit(f"login:{client_address()}", current_app.config["CP_SETTINGS"].login_rate_limit, "login attempts")
+    """One login attempt (the form): counted, then refused past the limit, before any compare."""
+    hit(login_key(), _settings().login_rate_limit, "login attempts")
+
+
+def check_bearer_allowed() -> None:
+    """Before a bearer token is compared: refused while the address is over the login limit."""
+    peek(login_key(), _settings().login_rate_limit, "login attempts")
+
+
+def count_failed_bearer() -> None:
+    """A wrong bearer token counts as a login attempt of its address."""
+    hit(login_key(), _settings().login_rate_limit, "login attempts")
+
+
+def agent_key(instance_id: str | None) -> str:
+    return f"agent:{instance_id}" if instance_id else f"agent-addr:{client_address()}"
 
 
 def check_agent_rate(instance_id: str | None) -> None:
-    key = f"agent:{instance_id}" if instance_id else f"agent-addr:{client_address()}"
-    hit(key, current_app.config["CP_SETTINGS"].agent_rate_limit, "agent requests")
+    hit(agent_key(instance_id), _settings().agent_rate_limit, "agent requests")
 
 
-def prune(older_than: datetime | None = None) -> int:
-    cutoff = older_than or (utcnow() - timedelta(seconds=WINDOW_SECONDS * 2))
-    return db.session.execute(delete(buckets).where(buckets.c.window_start < cutoff)).rowcount or 0
+def count_agent_request(key: str) -> None:
+    """The agent hot path (``cp.agent_api.signed``): count one request for ``key`` in the
+    request's own transaction (no connection and no commit of its own: one statement instead of
+    a checkout, a BEGIN, the upsert and a COMMIT), 429 past the limit. The count is kept when the
+    request's transaction commits; a request that fails or is refused is rolled back, and the
+    gate then counts it again with ``recount_agent_request``, so it still counts."""
+    now = utcnow()
+    window = _window(now)
+    count = db.session.connection().execute(
+        _count_upsert(db.session.get_bind().dialect.name),
+        {"key": key[:255], "window_start": window, "count": 1}).scalar_one()
+    limit = _settings().agent_rate_limit
+    if count > limit:
+        raise _refuse(limit, "agent requests", window, now)
+
+
+def recount_agent_request(key: str) -> None:
+    """Count a failed or refused agent request in its own short transaction (never raises)."""
+    try:
+        with db.engine.begin() as conn:
+            conn.execute(_count_upsert(conn.dialect.name),
+                         {"key": key[:255], "window_start": _window(utcnow()), "count": 1})
+    except Exception:  # noqa: BLE001 - the request already failed; do not mask why
+        current_app.logger.warning("could not count a failed agent request", exc_info=True)
+
+
+@lru_cache(maxsize=None)
+def _count_upsert(dialect_name: str):
+    """``_count_statement`` built once per backend (the values come as parameters)."""
+    ins = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+    stmt = ins(buckets)
+    stored, new = buckets.c.window_start, stmt.excluded.window_start
+    return stmt.on_conflict_do_update(
+        index_elements=["key"],
+        set_={"count": case((stored < new, 1), else_=buckets.c.count + 1),
+              "window_start": case((stored < new, new), else_=stored)},
+    ).returning(buckets.c.count)
+
+
+def _prune(conn, now: datetime) -> int:
+    cutoff = _window(now) - timedelta(seconds=WINDOW_SECONDS)
+    return conn.execute(delete(buckets).where(buckets.c.window_start < cutoff)).rowcount or 0
+
+
+def prune(now: datetime | None = None) -> int:
+    """Delete the counters of windows that are over (they restart anyway)."""
+    with db.engine.begin() as conn:
+        return _prune(conn, now or utcnow())

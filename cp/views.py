@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, render_template, request
 from marshmallow import ValidationError
 
-from . import fleet
+from . import charts, fleet, history
 from .api.schemas import InstallationArgsSchema
 from .auth import login_required_html
 from .models import BACKUP_STATUS_VALUES, HEALTH_VALUES
@@ -26,9 +26,12 @@ def index():
         sort = "last_seen"
     args.setdefault("limit", PAGE_SIZE)
     page = fleet.list_installations(sort=sort, **args)
+    from .releases import releases_behind
+
     return render_template(
         "fleet.html", page=page, args=args, sort=sort, sorts=list(fleet.SORTS), error=error,
         health_values=HEALTH_VALUES, backup_values=BACKUP_STATUS_VALUES, is_stale=fleet.is_stale,
+        behind=releases_behind([inst for inst, _n in page.items]),  # one query per page
     )
 
 
@@ -40,6 +43,7 @@ def installation(instance_id: str):
         "installation.html", inst=inst, stale=fleet.is_stale(inst.last_seen_at),
         alerts=fleet.installation_alerts(inst.id), job_failures=fleet.installation_job_failures(inst.id),
         events=fleet.installation_events(inst.id), extras=installation_extras(inst),
+        pictures=history.installation_pictures(inst.id, request.args.get("window")), charts=charts,
     )
 
 

@@ -297,3 +297,15 @@ def is_postgres(url: str) -> bool:
 def postgres_only(migrated):
     if not is_postgres(migrated):
         pytest.skip("needs PostgreSQL (set CONTROL_PLANE_TEST_DATABASE_URL)")
+
+
+# --- an alert-webhook receiver (operational health) -------------------------------------------
+@pytest.fixture
+def webhook_receiver():
+    """A real HTTP receiver on 127.0.0.1 that can answer 200, fail, hang and recover
+    (``tests/webhook_receiver.py``)."""
+    from tests.webhook_receiver import Receiver
+
+    receiver = Receiver().start()
+    yield receiver
+    receiver.stop()

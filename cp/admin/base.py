@@ -1,24 +1,45 @@
 """The one secure base of every admin screen.
 
-``required_role`` decides who sees a screen (menu and URL); ``action_roles`` decides who may
-run each bulk action (hidden from the others and refused server-side with 403). Mutating
-actions record themselves in the audit log through ``run_action``.
+- ``required_role`` decides who sees a screen: it is in the menu and its URLs answer only for
+  that role and above; anonymous users are redirected to ``/login?next=...``, a lower role
+  gets 403.
+- ``allow_create`` / ``allow_edit`` / ``allow_delete`` open the generic Flask-Admin forms, for
+  ``edit_role`` (admin by default) only. A create/edit/delete/export/ajax URL that the role may
+  not use is refused with 403 (never a silent redirect).
+- ``action_roles = {"action_name": "ops"}`` decides who may run each bulk action (default
+  admin). A hidden action is also refused server-side with 403.
+- Every bulk action asks for confirmation unless it is listed in ``unconfirmed_actions``
+  (harmless ones such as "acknowledge"); dangerous ones should pass their own sentence to
+  ``@action(name, text, confirmation)``.
+- Every mutation goes to the audit log: bulk actions through ``run_action`` (one transaction,
+  flash, audit), generic create/edit/delete through the ``after_model_change`` /
+  ``after_model_delete`` hooks (and failed attempts through the ``*_model`` wrappers).
+- Forms are Flask-WTF ``FlaskForm``: every list/action/delete/edit form carries the CSRF token,
+  and the app-wide ``CSRFProtect`` refuses any POST without a valid one (400) before a view runs.
+- ``count_cap``: list totals are counted up to this many rows only ("10000+"), so a list over a
+  million rows never pays for a full ``count(*)``.
 """
 from __future__ import annotations
 
-from typing import Callable
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Callable
 
-from flask import flash, redirect, request, url_for
+from flask import flash, g, redirect, request, url_for
 from flask_admin import AdminIndexView
 from flask_admin.contrib.sqla import ModelView
+from flask_admin.contrib.sqla._compat import _get_deprecated_session
 from flask_login import current_user
 from flask_wtf import FlaskForm
-from werkzeug.exceptions import Forbidden
+from sqlalchemy import func, inspect, literal_column, select
+from sqlalchemy.orm import Query, scoped_session
 
 from .. import audit
 from ..auth import role_allows
-from ..errors import DomainError
+from ..errors import BadRequest, DomainError, Forbidden
 from ..extensions import db
+
+MAX_ACTION_ROWS = 500
 
 
 def current_role() -> str | None:
@@ -39,11 +60,61 @@ class RoleGate:
     def inaccessible_callback(self, name, **kwargs):
         if not current_user.is_authenticated:
             return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
-        raise Forbidden("Your role does not allow this screen.")
+        raise Forbidden(f"This screen needs the {self.required_role} role; you are {current_user.role}.")
 
 
 class SecureIndexView(RoleGate, AdminIndexView):
     pass
+
+
+# --- capped counts ----------------------------------------------------------------------------
+class CappedCount(int):
+    """A total that stopped counting at ``cap``: shows as ``10000+``."""
+
+    def __new__(cls, value: int, capped: bool):
+        obj = super().__new__(cls, value)
+        obj.capped = capped
+        return obj
+
+    def __str__(self) -> str:
+        return f"{int(self)}+" if self.capped else str(int(self))
+
+    __html__ = __str__
+
+
+class CappedCountQuery(Query):
+    """The list's count query (filters applied by Flask-Admin as usual); ``scalar()`` counts
+    ``SELECT 1 ... LIMIT cap + 1`` instead of every matching row."""
+
+    count_cap: int | None = None
+
+    def scalar(self):  # type: ignore[override]
+        cap = self.count_cap
+        if not cap:
+            return super().scalar()
+        inner = self.with_entities(literal_column("1").label("one")).order_by(None).limit(cap + 1).subquery()
+        n = self.session.execute(select(func.count()).select_from(inner)).scalar_one()
+        return CappedCount(min(n, cap), n > cap)
+
+
+# --- audit helpers ----------------------------------------------------------------------------
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return str(value)[:500]
+
+
+def _snapshot(model: Any) -> dict[str, Any]:
+    mapper = inspect(model).mapper
+    return {attr.key: _jsonable(getattr(model, attr.key, None)) for attr in mapper.column_attrs}
+
+
+def _diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[Any]]:
+    return {k: [before.get(k), v] for k, v in after.items() if before.get(k) != v}
 
 
 class SecureModelView(RoleGate, ModelView):
@@ -54,13 +125,24 @@ class SecureModelView(RoleGate, ModelView):
     can_view_details = True
     can_set_page_size = True
     page_size = 50
+    page_size_options = (20, 50, 100)
     # Editing is opened per screen with allow_* and limited to edit_role (default admin).
     allow_create = False
     allow_edit = False
     allow_delete = False
     edit_role = "admin"
     action_roles: dict[str, str] = {}  # action name -> least role allowed to run it (default admin)
+    unconfirmed_actions: frozenset[str] = frozenset({"acknowledge"})
+    count_cap: int | None = None  # count list totals up to this many rows only
+    audit_target_type: str | None = None  # defaults to the model's table name
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # SQLAlchemy 2 loader options take attributes, not names: accept both in
+        # ``column_select_related_list`` (eager-loaded relations of each list page).
+        self._auto_joins = [getattr(self.model, j) if isinstance(j, str) else j for j in (self._auto_joins or [])]
+
+    # --- who may do what ------------------------------------------------------------------
     def _edit_allowed(self) -> bool:
         return role_allows(current_role(), self.edit_role)
 
@@ -76,33 +158,155 @@ class SecureModelView(RoleGate, ModelView):
     def can_delete(self) -> bool:
         return self.allow_delete and self._edit_allowed()
 
+    def _handle_view(self, name, **kwargs):
+        response = super()._handle_view(name, **kwargs)
+        if response is not None:
+            return response
+        refused = {
+            "create_view": not self.can_create,
+            "edit_view": not self.can_edit,
+            "ajax_update": not self.can_edit,
+            "delete_view": not self.can_delete,
+            "export": not self.can_export,
+            "details_view": not self.can_view_details,
+        }.get(name, False)
+        if refused:
+            if request.method == "POST":  # a refused attempt to change something is kept too
+                audit.record(f"admin.{self.endpoint}.{name.removesuffix('_view')}", target_type=self._audit_type(),
+                             target_id=request.args.get("id") or request.form.get("id"), outcome="forbidden",
+                             role=current_role())
+            raise Forbidden("Your role may not do this on this screen.")
+        return None
+
     def is_action_allowed(self, name: str) -> bool:
         needed = self.action_roles.get(name, "admin")
         if name == "delete" and not self.can_delete:
             return False
         return role_allows(current_role(), needed) and super().is_action_allowed(name)
 
+    def init_actions(self) -> None:
+        """Every action asks for confirmation unless listed in ``unconfirmed_actions``."""
+        super().init_actions()
+        for name, (handler, text, confirmation) in list(self._actions_data.items()):
+            if not confirmation and name not in self.unconfirmed_actions:
+                self._actions_data[name] = (handler, text, f"{text}: are you sure? This applies to every selected row.")
+
     def handle_action(self, return_view=None):
         name = request.form.get("action")
-        if name and (name not in self._actions_data or not self.is_action_allowed(name)):
+        if not name or name not in self._actions_data or not self.is_action_allowed(name):
+            audit.record(f"admin.{self.endpoint}.action", target_type=self._audit_type(),
+                         target_id=",".join(request.form.getlist("rowid"))[:255] or None, outcome="forbidden",
+                         role=current_role(), details={"action": (name or "")[:64]})
             raise Forbidden("Your role may not run this action.")
         return super().handle_action(return_view)
 
     def run_action(self, name: str, ids: list[str], fn: Callable[[list[int]], str], target_type: str) -> None:
-        """Run a bulk action in one transaction, flash the outcome, and audit it."""
+        """Run a bulk action in one transaction, flash the outcome, and audit it (every
+        outcome: done, refused by the domain, or failed)."""
         try:
-            int_ids = [int(i) for i in ids]
-        except ValueError:
-            raise Forbidden("Bad row ids.") from None
+            int_ids = sorted({int(i) for i in ids})
+        except (TypeError, ValueError):
+            raise BadRequest("Bad row ids.") from None
+        if not int_ids:
+            flash("Select at least one row.", "error")
+            return
+        if len(int_ids) > MAX_ACTION_ROWS:
+            raise BadRequest(f"At most {MAX_ACTION_ROWS} rows per action.")
+        target = ",".join(str(i) for i in int_ids)[:255]
+        details = {"ids": int_ids[:100], "count": len(int_ids)}
+        role = current_role()
         try:
             message = fn(int_ids)
             db.session.commit()
         except DomainError as exc:
             db.session.rollback()
-            audit.record(f"admin.{name}", target_type=target_type, target_id=",".join(ids)[:255],
-                         outcome=exc.code, role=current_role())
+            audit.record(f"admin.{name}", target_type=target_type, target_id=target, outcome=exc.code,
+                         role=role, details={**details, "message": exc.message[:500]})
             flash(exc.message, "error")
             return
-        audit.record(f"admin.{name}", target_type=target_type, target_id=",".join(ids)[:255], outcome="ok",
-                     role=current_role())
+        except Exception:
+            db.session.rollback()
+            audit.record(f"admin.{name}", target_type=target_type, target_id=target, outcome="error",
+                         role=role, details=details)
+            raise
+        audit.record(f"admin.{name}", target_type=target_type, target_id=target, outcome="ok", role=role,
+                     details=details)
         flash(message, "success")
+
+    # --- generic create / edit / delete: audited ------------------------------------------
+    def _audit_type(self) -> str:
+        return self.audit_target_type or self.model.__tablename__
+
+    def _audit_model(self, verb: str, model: Any, outcome: str, details: dict | None = None) -> None:
+        try:
+            pk = self.get_pk_value(model)
+        except Exception:  # noqa: BLE001 - a failed create has no key yet
+            pk = None
+        audit.record(f"admin.{self.endpoint}.{verb}", target_type=self._audit_type(),
+                     target_id=None if pk is None else str(pk), outcome=outcome, role=current_role(),
+                     details=details)
+
+    def create_model(self, form):
+        model = super().create_model(form)
+        if not model:
+            audit.record(f"admin.{self.endpoint}.create", target_type=self._audit_type(), outcome="error",
+                         role=current_role())
+        return model
+
+    def update_model(self, form, model):
+        g.cp_admin_before = _snapshot(model)
+        ok = super().update_model(form, model)
+        if not ok:
+            self._audit_model("edit", model, "error")
+        return ok
+
+    def delete_model(self, model):
+        g.cp_admin_before = _snapshot(model)
+        ok = super().delete_model(model)
+        if not ok:
+            self._audit_model("delete", model, "error")
+        return ok
+
+    def after_model_change(self, form, model, is_created):
+        super().after_model_change(form, model, is_created)
+        after = _snapshot(model)
+        if is_created:
+            self._audit_model("create", model, "ok", {"values": after})
+        else:
+            self._audit_model("edit", model, "ok", {"changes": _diff(g.pop("cp_admin_before", {}), after)})
+
+    def after_model_delete(self, model):
+        super().after_model_delete(model)
+        self._audit_model("delete", model, "ok", {"values": g.pop("cp_admin_before", {})})
+
+    # --- lists that stay cheap ----------------------------------------------------------------
+    def get_count_query(self):
+        session = _get_deprecated_session(self.session)
+        if isinstance(session, scoped_session):
+            session = session()
+        query = CappedCountQuery([func.count("*")], session=session).select_from(self.model)
+        query.count_cap = self.count_cap
+        return query
+
+    def search_condition(self, term: str):
+        """The WHERE clause of one search term (``None``: use Flask-Admin's default search)."""
+        return None
+
+    def init_search(self) -> bool:
+        supported = super().init_search()
+        return supported or type(self).search_condition is not SecureModelView.search_condition
+
+    def _apply_search(self, query, count_query, joins, count_joins, search):
+        if type(self).search_condition is SecureModelView.search_condition:
+            return super()._apply_search(query, count_query, joins, count_joins, search)
+        for term in search.split():
+            cond = self.search_condition(term[:200])
+            query = query.filter(cond)
+            if count_query is not None:
+                count_query = count_query.filter(cond)
+        return query, count_query, joins, count_joins
+
+    search_hint: str | None = None
+
+    def search_placeholder(self) -> str | None:
+        return self.search_hint or super().search_placeholder()

@@ -91,8 +91,9 @@ def remember_nonce(signature: str) -> None:
     nonces = AgentNonce.__table__
     now = utcnow()
     stmt = insert(nonces).values(signature=signature, seen_at=now)
-    stmt = stmt.on_conflict_do_nothing(index_elements=["signature"])
-    if db.session.execute(stmt).rowcount == 0:
+    # RETURNING, not rowcount: psycopg reports no rowcount for ON CONFLICT DO NOTHING
+    stmt = stmt.on_conflict_do_nothing(index_elements=["signature"]).returning(nonces.c.signature)
+    if db.session.execute(stmt).first() is None:
         raise _invalid("This signed request was already received (replay).")
     if random.randrange(PRUNE_ONE_IN) == 0:
         prune_nonces(now)
@@ -112,20 +113,29 @@ def agent_endpoint(view: Callable) -> Callable:
     def wrapped(*args, **kwargs):
         require_json_content_type()
         g.agent_instance_id = verify_request()
-        from ..ratelimit import check_agent_rate
+        from ..ratelimit import agent_key, count_agent_request, recount_agent_request
 
-        check_agent_rate(g.agent_instance_id)
-        if g.agent_nonce is not None:
-            remember_nonce(g.agent_nonce)
-        data = parse_json_object(request.get_data(cache=True))
-        response = view(data, *args, **kwargs)
-        if g.agent_nonce is not None:
-            # keep the nonce even when the view only read (and so did not commit)
-            response = current_app.make_response(response)
-            if response.status_code < 400:
-                db.session.commit()
-            else:
-                db.session.rollback()
+        # The rate-limit count and the nonce ride in the request's own transaction (no extra
+        # connection or commit on the hot path). A request that fails or is refused rolls back,
+        # and then still counts: recounted in a short transaction of its own.
+        key = agent_key(g.agent_instance_id)
+        try:
+            count_agent_request(key)
+            if g.agent_nonce is not None:
+                remember_nonce(g.agent_nonce)
+            data = parse_json_object(request.get_data(cache=True))
+            response = current_app.make_response(view(data, *args, **kwargs))
+        except Exception:
+            db.session.rollback()
+            recount_agent_request(key)
+            raise
+        if response.status_code < 400:
+            # keep the count and the nonce even when the view only read (and so did not commit);
+            # after the view's own commit this is a no-op
+            db.session.commit()
+        else:
+            db.session.rollback()
+            recount_agent_request(key)
         return response
 
     wrapped.cp_agent = True  # read by the OpenAPI spec

@@ -7,6 +7,7 @@ from ..audit import audited
 from ..auth import current_role, role_required
 from ..extensions import db
 from ..http import load_args
+from ..releases import releases_behind
 from . import bp
 from .schemas import (
     AlertArgsSchema,
@@ -24,10 +25,11 @@ alert_schema = AlertSchema()
 failure_schema = JobFailureSchema()
 
 
-def installation_dict(inst, open_alerts: int) -> dict:
+def installation_dict(inst, open_alerts: int, behind: int | None = None) -> dict:
     data = {c: getattr(inst, c) for c in installation_schema.fields if hasattr(inst, c)}
     data["stale"] = fleet.is_stale(inst.last_seen_at)
     data["open_alerts"] = open_alerts
+    data["releases_behind"] = behind
     return data
 
 
@@ -50,7 +52,8 @@ def list_installations():
     """
     args = load_args(InstallationArgsSchema())
     page = fleet.list_installations(**args)
-    items = [installation_schema.dump(installation_dict(i, n)) for i, n in page.items]
+    behind = releases_behind([i for i, _n in page.items])  # one query per page
+    items = [installation_schema.dump(installation_dict(i, n, behind[i.id])) for i, n in page.items]
     return jsonify({"items": items, "total": page.total})
 
 
@@ -72,7 +75,7 @@ def get_installation(instance_id: str):
           description: Unknown installation.
     """
     inst = fleet.get_installation(instance_id)
-    data = installation_dict(inst, fleet.open_alert_count(inst.id))
+    data = installation_dict(inst, fleet.open_alert_count(inst.id), releases_behind([inst])[inst.id])
     data["alerts"] = fleet.installation_alerts(inst.id)
     data["job_failures"] = fleet.installation_job_failures(inst.id)
     data["events"] = fleet.installation_events(inst.id)

@@ -15,7 +15,7 @@ class ListArgsSchema(Schema):
         unknown = EXCLUDE
 
     limit = fields.Integer(load_default=DEFAULT_LIMIT, validate=validate.Range(min=1))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=2**31 - 1))
 
     def load(self, data, **kw):  # type: ignore[override]
         out = super().load(data, **kw)
@@ -88,6 +88,8 @@ class InstallationSchema(Schema):
     last_seen_at = UTCDateTime(dump_only=True)
     stale = fields.Boolean(dump_only=True)
     open_alerts = fields.Integer(dump_only=True)
+    # core releases of its channel newer than its version (null: version unknown or not semver)
+    releases_behind = fields.Integer(dump_only=True, allow_none=True)
 
 
 class InstallationEventSchema(Schema):

@@ -1,0 +1,124 @@
+"""The heartbeat's statements on PostgreSQL: two round trips whatever the heartbeat carries.
+
+``cp.heartbeats.record_heartbeat`` decides (the rules live there, once); this module only
+writes what was decided, in as few statements as PostgreSQL allows:
+
+1. ``TOUCH``: lock the installation row (``FOR UPDATE`` returns its latest committed version),
+   apply the heartbeat's fields and return the *old* values (history events, derived alerts and
+   the rollout channel hook need them).
+2. ``APPLY``: after the lock, so its snapshot sees every earlier heartbeat of the installation:
+   one pass over its open alerts (seen again / resolved), the new alerts, the history events,
+   the job-failure upsert and the SLO point, as data-modifying CTEs of one statement. The
+   lists travel as JSON arrays (``jsonb_to_recordset``), so the statement text never changes
+   with the number of items: PostgreSQL parses and plans it once per connection (psycopg
+   prepares it), and it is one statement whatever a heartbeat carries.
+
+The SQL is sent with ``Connection.exec_driver_sql`` (no statement compilation per request);
+SQLAlchemy's cursor events still see it (``tests/test_heartbeat_statements.py`` counts them).
+Any other backend runs the portable statements of ``cp.heartbeats`` instead.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from .models import HEARTBEAT_MANAGED_SOURCES
+from .timeutil import as_utc
+
+SCALAR_CASTS = {
+    "domain": "varchar", "client": "varchar", "version": "varchar", "release_channel": "varchar",
+    "health": "varchar", "backup_status": "varchar", "last_backup_at": "timestamptz",
+    "slo_p95_ms": "float8", "slo_error_rate": "float8", "slo_webhook_retry_rate": "float8",
+}
+
+# a field the heartbeat carries overwrites the stored one; an absent one (NULL) keeps it
+TOUCH = (
+    "WITH old AS (SELECT id, " + ", ".join(SCALAR_CASTS) + " FROM installations"
+    " WHERE instance_id = %(instance_id)s FOR UPDATE)"
+    " UPDATE installations AS i SET "
+    + ", ".join(f"{k} = COALESCE(%({k})s::{t}, i.{k})" for k, t in SCALAR_CASTS.items())
+    + ", last_seen_at = %(now)s, heartbeats_total = i.heartbeats_total + 1"
+    " FROM old WHERE i.id = old.id"
+    " RETURNING old.id, " + ", ".join(f"old.{k}" for k in SCALAR_CASTS)
+)
+
+APPLY = """
+WITH desired AS (
+    SELECT * FROM jsonb_to_recordset(%(desired)s::jsonb) AS d(fingerprint varchar, level varchar,
+                                                                source varchar, message text)
+), swept AS (
+    UPDATE alerts AS a SET
+        last_seen_at = CASE WHEN a.fingerprint = ANY(%(desired_fps)s::varchar[]) THEN %(now)s ELSE a.last_seen_at END,
+        occurrences = CASE WHEN a.fingerprint = ANY(%(desired_fps)s::varchar[]) THEN a.occurrences + 1
+                           ELSE a.occurrences END,
+        resolved_at = CASE WHEN a.fingerprint = ANY(%(desired_fps)s::varchar[]) THEN NULL ELSE %(now)s END,
+        resolved_by = CASE WHEN a.fingerprint = ANY(%(desired_fps)s::varchar[]) THEN NULL ELSE 'heartbeat' END
+    WHERE %(sweep)s AND a.installation_id = %(installation_id)s AND a.resolved_at IS NULL
+      AND a.source = ANY(%(managed)s::varchar[]) AND NOT (a.fingerprint = ANY(%(keep)s::varchar[]))
+    RETURNING a.id, a.fingerprint, a.level, a.source, a.message, a.opened_at, a.resolved_at
+), opened AS (
+    INSERT INTO alerts (installation_id, level, source, fingerprint, message, opened_at, last_seen_at, occurrences)
+    SELECT %(installation_id)s, d.level, d.source, d.fingerprint, d.message, %(now)s, %(now)s, 1 FROM desired AS d
+    WHERE NOT EXISTS (SELECT 1 FROM alerts AS o WHERE o.installation_id = %(installation_id)s
+                      AND o.resolved_at IS NULL AND o.fingerprint = d.fingerprint)
+    RETURNING id, fingerprint
+), events AS (
+    INSERT INTO installation_events (installation_id, field, old_value, new_value, at)
+    SELECT %(installation_id)s, e.field, e.old_value, e.new_value, %(now)s
+    FROM jsonb_to_recordset(%(events)s::jsonb) AS e(field varchar, old_value varchar, new_value varchar)
+), failures AS (
+    INSERT INTO job_failures (installation_id, queue, message, fingerprint, first_seen_at, last_seen_at, occurrences)
+    SELECT %(installation_id)s, f.queue, f.message, f.fingerprint, %(now)s, %(now)s, f.occurrences
+    FROM jsonb_to_recordset(%(failures)s::jsonb) AS f(queue varchar, message text, fingerprint varchar, occurrences int)
+    ON CONFLICT (installation_id, fingerprint) WHERE resolved_at IS NULL
+    DO UPDATE SET occurrences = job_failures.occurrences + EXCLUDED.occurrences, last_seen_at = EXCLUDED.last_seen_at
+), slo AS (
+    INSERT INTO slo_samples (installation_id, bucket, slo_p95_ms, slo_error_rate, slo_webhook_retry_rate)
+    SELECT %(installation_id)s, %(bucket)s, %(slo_p95_ms)s::float8, %(slo_error_rate)s::float8,
+           %(slo_webhook_retry_rate)s::float8
+    WHERE %(has_slo)s
+    ON CONFLICT (installation_id, bucket) DO UPDATE SET
+        slo_p95_ms = COALESCE(EXCLUDED.slo_p95_ms, slo_samples.slo_p95_ms),
+        slo_error_rate = COALESCE(EXCLUDED.slo_error_rate, slo_samples.slo_error_rate),
+        slo_webhook_retry_rate = COALESCE(EXCLUDED.slo_webhook_retry_rate, slo_samples.slo_webhook_retry_rate)
+)
+SELECT 'swept' AS kind, id, fingerprint, level, source, message, opened_at, resolved_at FROM swept
+UNION ALL
+SELECT 'opened', id, fingerprint, NULL, NULL, NULL, NULL, NULL FROM opened
+"""
+
+MANAGED = list(HEARTBEAT_MANAGED_SOURCES)
+
+
+def touch(conn, instance_id: str, provided: dict, now: datetime) -> dict | None:
+    """Statement 1: the installation's old values (``id`` and the scalar fields), or None when
+    it is unknown (nothing written then)."""
+    params = {k: provided.get(k) for k in SCALAR_CASTS}
+    params.update(instance_id=instance_id, now=now)
+    row = conn.exec_driver_sql(TOUCH, params).first()
+    if row is None:
+        return None
+    old = dict(row._mapping)
+    old["last_backup_at"] = as_utc(old["last_backup_at"])
+    return old
+
+
+def apply(conn, installation_id: int, now: datetime, *, sweep: bool, desired: list, keep: list,
+          events: list[dict], failures: list[dict], slo: dict | None, bucket: datetime):
+    """Statement 2: returns ``(swept, opened)``: the open alerts the sweep touched (resolved ones
+    have ``resolved_at`` set) and the ``(id, fingerprint)`` of the alerts it opened."""
+    rows = conn.exec_driver_sql(APPLY, {
+        "installation_id": installation_id, "now": now, "sweep": sweep, "managed": MANAGED,
+        "desired": json.dumps([{"fingerprint": d.fingerprint, "level": d.level, "source": d.source,
+                                "message": d.message} for d in desired]),
+        "desired_fps": [d.fingerprint for d in desired], "keep": keep,
+        "events": json.dumps([{"field": e["field"], "old_value": e["old_value"], "new_value": e["new_value"]}
+                              for e in events], default=str),
+        "failures": json.dumps(failures),
+        "has_slo": slo is not None, "bucket": bucket,
+        "slo_p95_ms": (slo or {}).get("slo_p95_ms"), "slo_error_rate": (slo or {}).get("slo_error_rate"),
+        "slo_webhook_retry_rate": (slo or {}).get("slo_webhook_retry_rate"),
+    }).all()
+    swept = [r for r in rows if r.kind == "swept"]
+    opened = [r for r in rows if r.kind == "opened"]
+    return swept, opened

@@ -1,0 +1,129 @@
+"""Web hardening in one place: security headers, the CSP nonce, server-side login sessions.
+
+- Every response carries ``Content-Security-Policy`` (scripts only from this origin or with the
+  request's nonce; Flask-Admin gets the nonce through ``Admin(csp_nonce_generator=...)``),
+  ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY`` (and ``frame-ancestors
+  'none'``), ``Referrer-Policy: same-origin`` (Flask-WTF's CSRF check needs a same-origin
+  ``Referer`` over HTTPS, so ``no-referrer`` would break every form) and, for pages that are
+  not static files, ``Cache-Control: no-store``. With ``CONTROL_PLANE_COOKIE_SECURE=1`` (HTTPS)
+  also ``Strict-Transport-Security``.
+- A login creates a ``login_sessions`` row keyed by the SHA-256 of a random id that only the
+  (signed) session cookie holds; the user loader accepts a session only while its row exists
+  and has not expired; logout deletes it. A copied cookie is therefore dead after logout, and a
+  cookie from before the login never carries the new id.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from flask import current_app, g, request
+from sqlalchemy import delete, select
+from werkzeug.routing import IntegerConverter
+
+from .extensions import db
+from .models import LoginSession
+from .timeutil import utcnow
+
+SESSION_KEY = "sid"
+DB_INT_MAX = 2**31 - 1  # ids are INTEGER columns
+sessions_t = LoginSession.__table__
+
+
+# --- CSP -------------------------------------------------------------------------------------
+def csp_nonce() -> str:
+    """The nonce of this request's inline scripts (one per request, made on first use)."""
+    nonce = g.get("cp_csp_nonce")
+    if nonce is None:
+        nonce = g.cp_csp_nonce = secrets.token_urlsafe(18)
+    return nonce
+
+
+def content_security_policy(nonce: str | None) -> str:
+    script = "script-src 'self'" + (f" 'nonce-{nonce}'" if nonce else "")
+    return "; ".join([
+        "default-src 'self'",
+        script,
+        # style attributes are set by Flask-Admin's widgets (select2, datepickers); styles cannot run code
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data:",
+        "font-src 'self' data:",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ])
+
+
+def _set_headers(response):
+    headers = response.headers
+    headers.setdefault("Content-Security-Policy", content_security_policy(g.get("cp_csp_nonce")))
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Referrer-Policy", "same-origin")
+    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    endpoint = request.endpoint or ""
+    if not (endpoint == "static" or endpoint.endswith(".static")):
+        headers.setdefault("Cache-Control", "no-store")
+    if current_app.config.get("SESSION_COOKIE_SECURE"):
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    return response
+
+
+# --- server-side login sessions ------------------------------------------------------------------
+def _hash(sid: str) -> str:
+    return hashlib.sha256(sid.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def start_login_session(role: str) -> str:
+    """Create the server-side half of a login (in the request's transaction); return the id
+    the session cookie must carry. Expired rows are pruned in passing (logins are rare)."""
+    now = utcnow()
+    hours = current_app.config["CP_SETTINGS"].session_hours
+    sid = secrets.token_urlsafe(32)
+    db.session.execute(delete(sessions_t).where(sessions_t.c.expires_at < now))
+    db.session.execute(sessions_t.insert().values(
+        id_hash=_hash(sid), role=role, created_at=now, expires_at=now + timedelta(hours=hours)))
+    return sid
+
+
+def login_session_role(sid: object) -> str | None:
+    """The role of a live login session, else None."""
+    if not isinstance(sid, str) or not sid:
+        return None
+    return db.session.execute(
+        select(sessions_t.c.role).where(sessions_t.c.id_hash == _hash(sid), sessions_t.c.expires_at > utcnow())
+    ).scalar()
+
+
+def end_login_session(sid: object) -> None:
+    if isinstance(sid, str) and sid:
+        db.session.execute(delete(sessions_t).where(sessions_t.c.id_hash == _hash(sid)))
+
+
+def prune(now=None) -> int:
+    """Delete expired login sessions (also done at every login)."""
+    with db.engine.begin() as conn:
+        return conn.execute(delete(sessions_t).where(sessions_t.c.expires_at < (now or utcnow()))).rowcount or 0
+
+
+class DbIntConverter(IntegerConverter):
+    """``<int:id>`` that only matches what an INTEGER column can hold (else 404, not a DB error)."""
+
+    def __init__(self, map, *args, **kwargs):
+        kwargs.setdefault("max", DB_INT_MAX)
+        super().__init__(map, *args, **kwargs)
+
+
+def init_app(app) -> None:
+    # before any blueprint adds its rules: converters are bound when a rule is added
+    app.url_map.converters["int"] = DbIntConverter
+    app.after_request(_set_headers)
+    app.jinja_env.globals["csp_nonce"] = csp_nonce
+    proxies = app.config["CP_SETTINGS"].trusted_proxies
+    if proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)

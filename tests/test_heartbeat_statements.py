@@ -1,0 +1,116 @@
+"""A heartbeat costs a fixed number of SQL statements whatever it carries.
+
+Counted with a ``before_cursor_execute`` listener on the app's engine, around one whole signed
+request through the test client (the agent gate, the rate limit, the heartbeat, ``pending``):
+everything the request sends to the database. Counts are deterministic; times are not (speed
+lives in ``bench/``). The numbers below are the budget: a change that adds a statement to the
+hot path has to update them on purpose (and ``docs/performance.md`` says why each one is there).
+"""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import event, func, select
+
+from cp.extensions import db
+from cp.models import Alert, JobFailure
+
+SIZES = (0, 1, 50, 200)
+
+# statements per heartbeat request, by backend (see docs/performance.md, "The heartbeat's statements")
+BUDGET = {
+    "postgresql": {"first": None, "steady": None},
+    "sqlite": {"first": None, "steady": None},
+}
+
+SLO_ENV = {"SLO_P95_MS_MAX": "1000", "SLO_ERROR_RATE_MAX": "0.05", "SLO_WEBHOOK_RETRY_RATE_MAX": "0.2"}
+
+
+class StatementCounter:
+    def __init__(self, engine):
+        self.engine = engine
+        self.statements: list[str] = []
+
+    def _record(self, conn, cursor, statement, parameters, context, executemany):
+        self.statements.append(statement)
+
+    def __enter__(self) -> "StatementCounter":
+        event.listen(self.engine, "before_cursor_execute", self._record)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._record)
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+
+def body(n: int, tag: str = "a", **extra) -> dict:
+    return {
+        "domain": "acme.com", "client": "Acme SA", "version": "1.2.3", "release_channel": "stable",
+        "health": "ok", "backup_status": "ok", "last_backup_at": "2026-11-27T06:00:00Z",
+        "alerts": [{"level": ("info", "warning", "critical")[i % 3], "message": f"alert {tag} #{i}"}
+                   for i in range(n)],
+        "job_failures": [{"queue": f"q{i % 7}", "message": f"failure {tag} #{i}"} for i in range(n)],
+        "slo_p95_ms": 420, "slo_error_rate": 0.002, "slo_webhook_retry_rate": 0.01,
+        **extra,
+    }
+
+
+@pytest.fixture
+def slo_app(make_app):
+    return make_app(**SLO_ENV)
+
+
+@pytest.fixture
+def send(slo_app, clock):
+    from tests.conftest import Agent
+
+    agent = Agent(slo_app.test_client())
+    with slo_app.app_context():
+        engine = db.engine
+
+    def do(instance_id: str, payload: dict) -> StatementCounter:
+        with StatementCounter(engine) as counter:
+            resp = agent.heartbeat(instance_id, **payload)
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        clock.advance(seconds=61)  # a minute later, as an agent sends them
+        return counter
+
+    return do
+
+
+def dialect(app) -> str:
+    with app.app_context():
+        return db.engine.dialect.name
+
+
+def open_counts(app, instance_id: str) -> tuple[int, int]:
+    with app.app_context():
+        alerts = db.session.scalar(select(func.count(Alert.id)).where(
+            Alert.installation.has(instance_id=instance_id), Alert.resolved_at.is_(None), Alert.source == "agent"))
+        failures = db.session.scalar(select(func.count(JobFailure.id)).where(
+            JobFailure.installation.has(instance_id=instance_id), JobFailure.resolved_at.is_(None)))
+        return alerts, failures
+
+
+def test_statement_count_does_not_grow_with_alerts_and_failures(slo_app, send):
+    first, steady, churn = {}, {}, {}
+    for n in SIZES:
+        iid = f"stmt-{n:03d}"
+        first[n] = send(iid, body(n)).count
+        steady[n] = send(iid, body(n)).count
+        assert open_counts(slo_app, iid) == (n, n)
+        churn[n] = send(iid, body(n, tag="b")).count  # every alert resolved, as many new ones opened
+        assert open_counts(slo_app, iid) == (n, 2 * n)
+    print(f"\nstatements per heartbeat: first {first}, steady {steady}, churn {churn}")
+    # a heartbeat carrying items costs the same whether it carries 1 or 200 of them ...
+    assert first[1] == first[50] == first[200]
+    assert steady[1] == steady[50] == steady[200]
+    assert churn[1] == churn[50] == churn[200]
+    # ... and one carrying none costs no more
+    assert first[0] <= first[1] and steady[0] <= steady[1] and churn[0] <= churn[1]
+    budget = BUDGET[dialect(slo_app)]
+    if budget["first"] is not None:
+        assert first[200] == budget["first"], first
+        assert steady[200] == budget["steady"], steady

@@ -1,0 +1,210 @@
+"""Abuse limits: login attempts per client address (form and bearer), agent requests per
+installation, the body size limit; shared by every worker (checked with two gunicorn workers)."""
+from __future__ import annotations
+
+import concurrent.futures
+import re
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import func, select
+
+from cp.agent_client import AgentClient, build_request
+from cp.extensions import db
+from cp.models import Installation, RateLimitBucket
+from tests.conftest import AGENT_TOKEN, TOKENS, LiveServer, bearer, csrf_token_from
+
+
+def _login_attempt(client, token: str, addr: str = "10.0.0.1"):
+    page = client.get("/login", environ_base={"REMOTE_ADDR": addr}).get_data(as_text=True)
+    return client.post("/login", data={"token": token, "csrf_token": csrf_token_from(page)},
+                       environ_base={"REMOTE_ADDR": addr})
+
+
+# --- login ----------------------------------------------------------------------------------
+def test_login_attempts_are_limited_per_address_before_the_compare(make_app, monkeypatch, clock):
+    import cp.auth
+
+    app = make_app(CONTROL_PLANE_LOGIN_RATE_LIMIT="3")
+    client = app.test_client()
+    for _ in range(3):
+        assert _login_attempt(client, "wrong").status_code == 401
+    compared = []
+    real = cp.auth.role_for_token
+    monkeypatch.setattr(cp.auth, "role_for_token", lambda t: compared.append(t) or real(t))
+    resp = _login_attempt(client, TOKENS["admin"])  # even the right token: refused, and not compared
+    assert resp.status_code == 429
+    assert compared == []
+    assert 1 <= int(resp.headers["Retry-After"]) <= 61
+    # the form's page, not JSON: a person sees what happened
+    assert resp.mimetype == "text/html"
+    html = resp.get_data(as_text=True)
+    assert "429" in html and re.search(r"Too many login attempts; retry in \d+ seconds", html)
+    assert "cp_session" not in resp.headers.get("Set-Cookie", "") or "Expires" in resp.headers["Set-Cookie"]
+    assert client.get("/api/installations").status_code == 401
+    # another address is not affected
+    assert _login_attempt(client, TOKENS["admin"], addr="10.0.0.2").status_code == 303
+    # the next window lets the first address in again
+    clock.advance(seconds=61)
+    assert _login_attempt(client, TOKENS["admin"]).status_code == 303
+
+
+def test_wrong_bearer_tokens_count_as_login_attempts(make_app, clock):
+    app = make_app(CONTROL_PLANE_LOGIN_RATE_LIMIT="3")
+    client = app.test_client()
+    env = {"REMOTE_ADDR": "10.0.0.9"}
+    # right tokens do not count: a script may call the API as often as it likes
+    for _ in range(5):
+        assert client.get("/api/installations", headers=bearer("support"), environ_base=env).status_code == 200
+    for _ in range(3):
+        resp = client.get("/api/installations", headers={"Authorization": "Bearer guess"}, environ_base=env)
+        assert resp.status_code == 401
+    resp = client.get("/api/installations", headers={"Authorization": "Bearer guess"}, environ_base=env)
+    assert resp.status_code == 429
+    assert resp.get_json()["error"] == "rate_limited" and "Retry-After" in resp.headers
+    # while over the limit, the address is refused before any compare, even with a right token
+    assert client.get("/api/installations", headers=bearer("admin"), environ_base=env).status_code == 429
+    # and the same budget covers the login form of that address
+    assert _login_attempt(client, TOKENS["admin"], addr="10.0.0.9").status_code == 429
+    clock.advance(seconds=61)
+    assert client.get("/api/installations", headers=bearer("admin"), environ_base=env).status_code == 200
+
+
+# --- agents -------------------------------------------------------------------------------------
+def test_agent_requests_are_limited_per_installation(make_app, clock):
+    app = make_app(CONTROL_PLANE_AGENT_RATE_LIMIT="3")
+    client = app.test_client()
+
+    def beat(iid, **kw):
+        req = build_request("/api/heartbeats", {"instance_id": iid, **kw}, AGENT_TOKEN, timestamp=False)
+        return client.post(req.path, data=req.body, headers=req.headers)
+
+    for _ in range(3):
+        assert beat("acme-001").status_code == 200
+    resp = beat("acme-001", health="down")
+    assert resp.status_code == 429
+    body = resp.get_json()
+    assert set(body) == {"error", "message", "details"} and body["error"] == "rate_limited"
+    assert body["details"] == {"limit": 3, "window_seconds": 60}
+    assert 1 <= int(resp.headers["Retry-After"]) <= 61
+    assert beat("acme-002").status_code == 200  # per installation
+    with app.app_context():
+        inst = db.session.scalar(select(Installation).where(Installation.instance_id == "acme-001"))
+        assert inst.heartbeats_total == 3 and inst.health is None  # the refused one changed nothing
+    clock.advance(seconds=61)
+    assert beat("acme-001").status_code == 200
+
+
+def test_unsigned_requests_do_not_spend_an_installations_budget(make_app, agent):
+    app = make_app(CONTROL_PLANE_AGENT_RATE_LIMIT="2")
+    client = app.test_client()
+    for _ in range(5):  # a forger naming acme-001 without its secret
+        resp = client.post("/api/heartbeats", data=b'{"instance_id": "acme-001"}',
+                           headers={"Content-Type": "application/json", "x-agent-signature": "0" * 64})
+        assert resp.status_code == 401
+    req = build_request("/api/heartbeats", {"instance_id": "acme-001"}, AGENT_TOKEN, timestamp=False)
+    assert client.post(req.path, data=req.body, headers=req.headers).status_code == 200
+
+
+def test_the_agent_limit_has_a_generous_default():
+    from config import load_settings
+
+    assert load_settings({}).agent_rate_limit >= 60  # a heartbeat a second, per installation
+    assert load_settings({"CONTROL_PLANE_AGENT_RATE_LIMIT": "5"}).agent_rate_limit == 5
+
+
+def test_one_counter_row_per_key_whatever_the_windows(make_app, clock):
+    app = make_app(CONTROL_PLANE_AGENT_RATE_LIMIT="100")
+    client = app.test_client()
+    for _ in range(4):
+        req = build_request("/api/heartbeats", {"instance_id": "acme-001"}, AGENT_TOKEN, timestamp=False)
+        assert client.post(req.path, data=req.body, headers=req.headers).status_code == 200
+        clock.advance(seconds=61)
+    with app.app_context():
+        rows = db.session.execute(select(RateLimitBucket.key, RateLimitBucket.count)).all()
+    assert rows == [("agent:acme-001", 1)]
+
+
+def test_prune_forgets_windows_that_are_over(make_app, clock):
+    from cp import ratelimit
+
+    app = make_app()
+    with app.test_request_context(environ_base={"REMOTE_ADDR": "10.1.1.1"}):
+        ratelimit.check_login_rate()
+        clock.advance(seconds=30)
+        assert ratelimit.prune() == 0
+        clock.advance(seconds=120)
+        assert ratelimit.prune() == 1
+        assert db.session.scalar(select(func.count()).select_from(RateLimitBucket)) == 0
+
+
+# --- body size ----------------------------------------------------------------------------------
+def test_oversize_bodies_are_413_in_the_contract_shape(make_app, agent):
+    app = make_app(CONTROL_PLANE_MAX_BODY_BYTES="2048")
+    client = app.test_client()
+    req = build_request("/api/heartbeats", {"instance_id": "acme-001", "client": "x" * 3000}, AGENT_TOKEN,
+                        timestamp=False)
+    resp = client.post(req.path, data=req.body, headers=req.headers)
+    assert resp.status_code == 413
+    assert set(resp.get_json()) == {"error", "message", "details"}
+    assert resp.get_json()["error"] == "payload_too_large" and "2048" in resp.get_json()["message"]
+    # human JSON endpoints too
+    resp = client.post("/api/alerts/1/acknowledge", data=b"{" + b" " * 4000 + b"}", headers={
+        **bearer("ops"), "Content-Type": "application/json"})
+    assert resp.status_code in (404, 413)  # an endpoint that never reads its body may answer first
+    if ("POST", "/api/releases") in {(m, r.rule) for r in app.url_map.iter_rules() for m in r.methods}:
+        resp = client.post("/api/releases", data=b'{"v": "' + b"x" * 4000 + b'"}',
+                           headers={**bearer("admin"), "Content-Type": "application/json"})
+        assert resp.status_code == 413 and resp.get_json()["error"] == "payload_too_large"
+    # and the login form (an HTML page)
+    resp = client.post("/login", data={"token": "x" * 4000})
+    assert resp.status_code == 413 and resp.mimetype == "text/html"
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Installation)) == 0
+
+
+# --- across gunicorn workers ----------------------------------------------------------------------
+def _served_by(log: Path) -> dict[str, int]:
+    """pid -> requests, from gunicorn's access log (``%(p)s``)."""
+    out: dict[str, int] = {}
+    for line in log.read_text().splitlines():
+        if "/api/heartbeats" in line:
+            pid = line.split()[0]
+            out[pid] = out.get(pid, 0) + 1
+    return out
+
+
+def test_limits_hold_across_two_gunicorn_workers(env, app, tmp_path):
+    """Two workers that are also replaced every few requests (``--max-requests``): the requests
+    are served by several processes (gunicorn's access log names them), yet the limit is the
+    limit of the deployment. A per-process counter would let far more through."""
+    access = tmp_path / "access.log"
+    server = LiveServer({
+        **env, "CONTROL_PLANE_AGENT_RATE_LIMIT": "5", "CONTROL_PLANE_LOGIN_RATE_LIMIT": "3",
+        "GUNICORN_CMD_ARGS": f"--max-requests 6 --access-logfile {access} --access-logformat '%(p)s %(r)s %(s)s'",
+    }, workers=2).start()
+    try:
+        def beat(i):
+            # a fresh connection each time; distinct bodies (identical ones signed in the same
+            # millisecond would be one request and its replays)
+            with requests.Session() as s:
+                client = AgentClient(server.url, "acme-001", AGENT_TOKEN, session=s)
+                return client.post("/api/heartbeats", {"slo_p95_ms": i}, raise_for_status=False)[0]
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(beat, range(14)))
+
+        def wrong_login(_):
+            with requests.Session() as s:
+                page = s.get(server.url + "/login").text
+                return s.post(server.url + "/login", data={"token": "wrong", "csrf_token": csrf_token_from(page)},
+                              headers={"Connection": "close"}).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            logins = list(pool.map(wrong_login, range(8)))
+    finally:
+        server.stop()
+    assert len(_served_by(access)) >= 2, _served_by(access)
+    assert statuses.count(200) == 5 and statuses.count(429) == 9, statuses
+    assert logins.count(401) == 3 and logins.count(429) == 5, logins
