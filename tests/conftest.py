@@ -246,25 +246,33 @@ def free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, env: dict[str, str], workers: int = 2):
+    """gunicorn on a free port of 127.0.0.1. Its output goes to a log file (never an unread
+    pipe, which would block the server once it fills)."""
+
+    def __init__(self, env: dict[str, str], workers: int = 2, log_path: Path | None = None):
+        import tempfile
+
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
         self.workers = workers
+        self.log_path = log_path or Path(tempfile.mkstemp(prefix="cp-gunicorn-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "LiveServer":
         import requests
 
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
-             "--threads", "4", "--log-level", "warning", "cp:create_app()"],
-            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--workers",
+                 str(self.workers), "--threads", "4", "--log-level", "warning", "cp:create_app()"],
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError("gunicorn exited: " + self.proc.stderr.read().decode(errors="replace")[-2000:])
+                raise RuntimeError("gunicorn exited: " + self.log_path.read_text(errors="replace")[-2000:])
             try:
                 if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return self

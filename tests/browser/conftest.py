@@ -13,9 +13,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import subprocess
-import sys
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -233,38 +230,12 @@ def make_stale(engine, instance_id: str, hours: float) -> None:
                      {"t": datetime.now(timezone.utc) - timedelta(hours=hours), "i": instance_id})
 
 
-class LoggedLiveServer(LiveServer):
-    """``LiveServer`` whose output goes to ``test-artifacts/browser-server.log``: a server that
-    answers hundreds of requests must not block on a full, unread stderr pipe."""
-
-    def start(self) -> "LoggedLiveServer":
-        ARTIFACTS.mkdir(exist_ok=True)
-        self.log_path = ARTIFACTS / "browser-server.log"
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
-             "--threads", "4", "--log-level", "warning", "cp:create_app()"],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        log.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("gunicorn exited: " + self.log_path.read_text(errors="replace")[-2000:])
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
-                time.sleep(0.1)
-        raise RuntimeError("gunicorn did not start in 30 s")
-
-
 @pytest.fixture(scope="module")
 def panel(migrated, instance_path, db_engine):
     """gunicorn on 127.0.0.1 with the seeded fleet; the tables are emptied afterwards."""
     empty_tables(db_engine)
     env = {**base_env(migrated, instance_path), **SLO_LIMITS, "CONTROL_PLANE_RELEASE_KEYS": RELEASE_KEYS}
-    server = LoggedLiveServer(env).start()
+    server = LiveServer(env, log_path=ARTIFACTS / "browser-server.log").start()
     try:
         seed_fleet(server.url)
         server.rollout = seed_releases_and_rollout(server.url)
