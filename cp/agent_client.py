@@ -95,6 +95,10 @@ class AgentClient:
     def request_plugin(self, plugin: str, version: str | None = None, reason: str | None = None) -> dict:
         return self.post("/api/plugins/requests", {"plugin": plugin, "version": version, "reason": reason})[1]
 
+    def plugin_requests(self, status: str | None = None) -> dict:
+        """This installation's plugin requests and their decisions (a rejection's reason)."""
+        return self.post("/api/plugins/requests/mine", {"status": status} if status else {})[1]
+
     def next_plugin(self) -> dict:
         return self.post("/api/plugins/next", {})[1]
 
@@ -131,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--plugin", required=True)
     pr.add_argument("--version")
     pr.add_argument("--reason")
+    rl = sub.add_parser("plugin-requests", help="list this installation's plugin requests and decisions")
+    rl.add_argument("--status", choices=["pending", "approved", "rejected"])
     sub.add_parser("plugins-next", help="fetch the pending plugin job")
     pp = sub.add_parser("plugins-report", help="report a plugin job")
     pp.add_argument("--job", type=int, required=True)
@@ -164,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             out = client.report_restore(args.verification, args.status, args.duration, args.message)
         elif args.command == "plugin-request":
             out = client.request_plugin(args.plugin, args.version, args.reason)
+        elif args.command == "plugin-requests":
+            out = client.plugin_requests(args.status)
         elif args.command == "plugins-next":
             out = client.next_plugin()
         else:

@@ -62,9 +62,12 @@ def installation_filters(*, q: str | None = None, health: str | None = None, rel
         cutoff = stale_cutoff(now)
         conds.append(Installation.last_seen_at < cutoff if stale else Installation.last_seen_at >= cutoff)
     if plugin:
+        # installations that run the plugin (an approved plugin counts once its install succeeded)
         sub = select(InstallationPlugin.installation_id).where(InstallationPlugin.plugin == plugin)
         if plugin_version:
             sub = sub.where(InstallationPlugin.version == plugin_version)
+        else:
+            sub = sub.where(InstallationPlugin.version.is_not(None))
         conds.append(Installation.id.in_(sub))
     return conds
 

@@ -3,12 +3,17 @@
 ``cp.heartbeats.record_heartbeat`` decides (the rules live there, once); this module only
 writes what was decided, in as few statements as PostgreSQL allows:
 
-1. ``TOUCH``: lock the installation row (``FOR UPDATE`` returns its latest committed version),
-   apply the heartbeat's fields and return the *old* values (history events, derived alerts and
-   the rollout channel hook need them).
-2. ``APPLY``: after the lock, so its snapshot sees every earlier heartbeat of the installation:
+1. ``COUNT_AND_LOCK``, sent by the agent gate (``cp.agent_api.signed``) in place of the bare
+   rate-limit count: the request's rate-limit count (``cp.ratelimit``'s upsert, as a CTE) and
+   the installation row locked (``FOR UPDATE`` returns its latest committed version) with its
+   *old* values (history events, derived alerts and the rollout channel hook need them). The
+   gate's order stays: 429 before the body is parsed or validated. (``TOUCH`` does the lock and
+   the update in one statement when a heartbeat is recorded without the gate.)
+2. ``APPLY``: the installation's new values, after the lock, so its snapshot sees every earlier heartbeat of the installation:
    one pass over its open alerts (seen again / resolved), the new alerts, the history events,
-   the job-failure upsert and the SLO point, as data-modifying CTEs of one statement. The
+   the job-failure upsert and the SLO point, as data-modifying CTEs of one statement, which
+   also reads what waits for the agent (the ``pending`` of the response; that read comes after
+   the rollout channel hook, which runs between the two statements). The
    lists travel as JSON arrays (``jsonb_to_recordset``), so the statement text never changes
    with the number of items: PostgreSQL parses and plans it once per connection (psycopg
    prepares it), and it is one statement whatever a heartbeat carries.
@@ -31,19 +36,24 @@ SCALAR_CASTS = {
     "slo_p95_ms": "float8", "slo_error_rate": "float8", "slo_webhook_retry_rate": "float8",
 }
 
+OLD_COLUMNS = "id, " + ", ".join(SCALAR_CASTS)
 # a field the heartbeat carries overwrites the stored one; an absent one (NULL) keeps it
+SET_FIELDS = (", ".join(f"{k} = COALESCE(%({k})s::{t}, i.{k})" for k, t in SCALAR_CASTS.items())
+              + ", last_seen_at = %(now)s, heartbeats_total = i.heartbeats_total + 1")
+LOCK = "SELECT " + OLD_COLUMNS + " FROM installations WHERE instance_id = %(lock_instance_id)s FOR UPDATE"
+
 TOUCH = (
-    "WITH old AS (SELECT id, " + ", ".join(SCALAR_CASTS) + " FROM installations"
-    " WHERE instance_id = %(instance_id)s FOR UPDATE)"
-    " UPDATE installations AS i SET "
-    + ", ".join(f"{k} = COALESCE(%({k})s::{t}, i.{k})" for k, t in SCALAR_CASTS.items())
-    + ", last_seen_at = %(now)s, heartbeats_total = i.heartbeats_total + 1"
+    "WITH old AS (" + LOCK + ")"
+    " UPDATE installations AS i SET " + SET_FIELDS +
     " FROM old WHERE i.id = old.id"
     " RETURNING old.id, " + ", ".join(f"old.{k}" for k in SCALAR_CASTS)
 )
 
 APPLY = """
-WITH desired AS (
+WITH touched AS (
+    UPDATE installations AS i SET """ + SET_FIELDS + """
+    WHERE %(touch)s AND i.id = %(installation_id)s
+), desired AS (
     SELECT * FROM jsonb_to_recordset(%(desired)s::jsonb) AS d(fingerprint varchar, level varchar,
                                                                 source varchar, message text)
 ), swept AS (
@@ -82,19 +92,58 @@ WITH desired AS (
         slo_error_rate = COALESCE(EXCLUDED.slo_error_rate, slo_samples.slo_error_rate),
         slo_webhook_retry_rate = COALESCE(EXCLUDED.slo_webhook_retry_rate, slo_samples.slo_webhook_retry_rate)
 )
+"""
+RESULT = """
 SELECT 'swept' AS kind, id, fingerprint, level, source, message, opened_at, resolved_at FROM swept
 UNION ALL
 SELECT 'opened', id, fingerprint, NULL, NULL, NULL, NULL, NULL FROM opened
 """
+# with what waits for the agent (``cp.heartbeats.pending_for``'s statement as one more CTE):
+# pending rows carry the two flags in ``level``/``source`` and a due verification's
+# ``backup_id`` / ``scheduled_for`` in ``message`` / ``opened_at``
+RESULT_WITH_PENDING = RESULT + """UNION ALL
+SELECT 'pending', p.rv_id, NULL, p.p_update::varchar, p.p_plugin::varchar, p.backup_id, p.scheduled_for, NULL
+FROM pending AS p
+"""
+_with_pending: dict[str, str] = {}
+
+
+def _apply_sql(pending_sql: str | None) -> str:
+    if pending_sql is None:
+        return APPLY + RESULT
+    sql = _with_pending.get(pending_sql)
+    if sql is None:
+        sql = _with_pending[pending_sql] = (
+            APPLY + ", pending (p_update, p_plugin, rv_id, backup_id, scheduled_for) AS (\n" + pending_sql + "\n)"
+            + RESULT_WITH_PENDING)
+    return sql
 
 MANAGED = list(HEARTBEAT_MANAGED_SOURCES)
+_count_and_lock: dict[str, str] = {}
+
+
+def count_and_lock(conn, count_sql: str, count_params: dict, instance_id: str) -> tuple[int, dict | None]:
+    """Statement 1 from the gate: ``count_sql`` (the rate-limit upsert ``RETURNING count``) and
+    the installation locked: ``(count, old values or None for an unknown installation)``."""
+    sql = _count_and_lock.get(count_sql)
+    if sql is None:
+        sql = _count_and_lock[count_sql] = (
+            "WITH hit AS (" + count_sql + "), inst AS (" + LOCK + ")"
+            " SELECT hit.count AS hit_count, inst.* FROM hit LEFT JOIN inst ON true")
+    row = conn.exec_driver_sql(sql, {**count_params, "lock_instance_id": instance_id}).one()
+    if row.id is None:
+        return row.hit_count, None
+    old = dict(row._mapping)
+    del old["hit_count"]
+    old["last_backup_at"] = as_utc(old["last_backup_at"])
+    return row.hit_count, old
 
 
 def touch(conn, instance_id: str, provided: dict, now: datetime) -> dict | None:
     """Statement 1: the installation's old values (``id`` and the scalar fields), or None when
     it is unknown (nothing written then)."""
     params = {k: provided.get(k) for k in SCALAR_CASTS}
-    params.update(instance_id=instance_id, now=now)
+    params.update(lock_instance_id=instance_id, now=now)
     row = conn.exec_driver_sql(TOUCH, params).first()
     if row is None:
         return None
@@ -104,10 +153,20 @@ def touch(conn, instance_id: str, provided: dict, now: datetime) -> dict | None:
 
 
 def apply(conn, installation_id: int, now: datetime, *, sweep: bool, desired: list, keep: list,
-          events: list[dict], failures: list[dict], slo: dict | None, bucket: datetime):
-    """Statement 2: returns ``(swept, opened)``: the open alerts the sweep touched (resolved ones
-    have ``resolved_at`` set) and the ``(id, fingerprint)`` of the alerts it opened."""
-    rows = conn.exec_driver_sql(APPLY, {
+          events: list[dict], failures: list[dict], slo: dict | None, bucket: datetime,
+          pending: tuple[str, dict] | None = None, touch: dict | None = None):
+    """Statement 2. ``touch``: the heartbeat's scalar fields, when the installation row was only
+    locked (``count_and_lock``) and still needs them. Returns ``(swept, opened, pending)``: the open alerts the sweep touched
+    (resolved ones have ``resolved_at`` set), the ``(id, fingerprint)`` of the alerts it opened,
+    and, when ``pending`` (a read-only statement as ``(SQL, constant parameters)``, see
+    ``cp.fastsql.expanded``) is given, its rows as ``(update, plugin, id, backup_id,
+    scheduled_for)`` tuples (else None)."""
+    pending_sql, pending_params = pending if pending is not None else (None, {})
+    clash = set(pending_params) & _APPLY_PARAMS
+    if clash:
+        raise ValueError(f"pending statement parameters clash with APPLY's: {sorted(clash)}")
+    fields = {k: (touch or {}).get(k) for k in SCALAR_CASTS}
+    rows = conn.exec_driver_sql(_apply_sql(pending_sql), {**pending_params, **fields, "touch": touch is not None, 
         "installation_id": installation_id, "now": now, "sweep": sweep, "managed": MANAGED,
         "desired": json.dumps([{"fingerprint": d.fingerprint, "level": d.level, "source": d.source,
                                 "message": d.message} for d in desired]),
@@ -121,4 +180,14 @@ def apply(conn, installation_id: int, now: datetime, *, sweep: bool, desired: li
     }).all()
     swept = [r for r in rows if r.kind == "swept"]
     opened = [r for r in rows if r.kind == "opened"]
-    return swept, opened
+    if pending is None:
+        return swept, opened, None
+    waiting = [(r.level == "true", r.source == "true", r.id, r.message, r.opened_at)
+               for r in rows if r.kind == "pending"]
+    if len(waiting) > 1:  # due verifications, oldest first (as the pending statement orders them)
+        waiting.sort(key=lambda r: (r[4], r[2]))
+    return swept, opened, waiting
+
+
+_APPLY_PARAMS = {"touch", "sweep", "managed", "desired", "desired_fps", "keep", "events", "failures", "has_slo",
+                 "bucket", *SCALAR_CASTS}  # besides installation_id and now

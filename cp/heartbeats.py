@@ -28,7 +28,7 @@ from sqlalchemy import Integer, bindparam, case, func, literal, null, select, tr
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .alerts import agent_alert_fingerprint, alert_payload, enqueue_events, job_failure_fingerprint
-from . import heartbeat_pg
+from . import fastsql, heartbeat_pg
 from .extensions import db
 from .models import (
     HEARTBEAT_MANAGED_SOURCES,
@@ -76,6 +76,7 @@ class HeartbeatResult:
     received_at: datetime
     opened: int
     resolved: int
+    pending: dict | None = None  # ``pending_for``'s answer when read along (``with_pending``)
 
 
 def slo_bucket(now: datetime) -> datetime:
@@ -134,7 +135,35 @@ def backup_age_alert(last_backup: datetime, now: datetime) -> DesiredAlert | Non
         f"Last backup is {hours:.1f} hours old, over the limit of {_fmt(limit_hours)} hours.")
 
 
-def record_heartbeat(data: dict, now: datetime | None = None) -> HeartbeatResult:
+class _NotLocked:
+    def __repr__(self) -> str:
+        return "NOT_LOCKED"
+
+
+NOT_LOCKED = _NotLocked()
+
+
+def count_and_lock(key: str, instance_id: str | None):
+    """The agent gate's statement for a heartbeat (``agent_endpoint(counter=...)``): count the
+    request (``cp.ratelimit``; 429 past the limit) and, on PostgreSQL, in the same statement
+    lock the installation's row and read its stored fields. Returns what ``record_heartbeat``
+    takes as ``locked``: the old values, None for an unknown installation, or ``NOT_LOCKED``
+    (other backends, or a body without a readable ``instance_id``: only counted)."""
+    from .ratelimit import AgentCount, count_agent_request
+
+    conn = db.session.connection()
+    if conn.dialect.name != "postgresql" or not instance_id:
+        count_agent_request(key)
+        return NOT_LOCKED
+    count = AgentCount(conn, key)
+    sql, fixed = fastsql.expanded(count.statement, conn.dialect, count.params)
+    hits, old = heartbeat_pg.count_and_lock(conn, sql, {**fixed, **count.params}, instance_id)
+    count.check(hits)
+    return old
+
+
+def record_heartbeat(data: dict, now: datetime | None = None, *, with_pending: bool = False,
+                     locked=NOT_LOCKED) -> HeartbeatResult:
     """Apply one validated heartbeat (see ``HeartbeatSchema``) in the current transaction.
 
     The rules are decided here in Python, then written with a fixed number of statements
@@ -142,7 +171,10 @@ def record_heartbeat(data: dict, now: datetime | None = None) -> HeartbeatResult
     then everything else in one statement); elsewhere the portable statements of
     ``_statements`` (the installation, one sweep of its open alerts, and only when needed new
     alerts, history events, one job-failure upsert, one SLO upsert). Plus the outbox when a
-    webhook is configured and alerts opened or resolved.
+    webhook is configured and alerts opened or resolved. ``with_pending``: on PostgreSQL the
+    second statement also reads ``pending_for``'s answer (``result.pending``; else None).
+    ``locked``: what ``count_and_lock`` returned for this installation in this transaction (the
+    row is then already locked and read: the second statement applies the fields).
     """
     now = now or utcnow()
     conn = db.session.connection()
@@ -152,7 +184,7 @@ def record_heartbeat(data: dict, now: datetime | None = None) -> HeartbeatResult
     provided = {k: data[k] for k in SCALAR_FIELDS if data.get(k) is not None}
 
     # 1. the installation row, locked, its old values read and the heartbeat's applied (or created)
-    old, created = _touch(conn, st, pg, instance_id, provided, now)
+    old, created, applied = _touch(conn, st, pg, instance_id, provided, now, locked)
     installation_id = old["id"]
     state = {k: old.get(k) for k in SCALAR_FIELDS}
     state.update(provided)
@@ -190,9 +222,18 @@ def record_heartbeat(data: dict, now: datetime | None = None) -> HeartbeatResult
     slo = {k: provided.get(k) for k in SLO_FIELDS} if any(k in provided for k in SLO_FIELDS) else None
 
     # 3. write it: open alerts seen again or resolved, new alerts, events, failures, SLO point
-    write = heartbeat_pg.apply if pg else _apply_portable
-    swept, opened = write(conn, installation_id, now, sweep=not created, desired=list(desired.values()),
-                          keep=list(keep), events=events, failures=failures, slo=slo, bucket=slo_bucket(now))
+    args = dict(sweep=not created, desired=list(desired.values()), keep=list(keep), events=events,
+                failures=failures, slo=slo, bucket=slo_bucket(now))
+    pending = None
+    if pg:
+        also = (fastsql.expanded(_pending_statement(), conn.dialect, {"installation_id": installation_id, "now": now})
+                if with_pending else None)
+        swept, opened, waiting = heartbeat_pg.apply(conn, installation_id, now, pending=also,
+                                                    touch=None if applied else provided, **args)
+        if waiting is not None:
+            pending = _pending_answer(waiting)
+    else:
+        swept, opened = _apply_portable(conn, installation_id, now, **args)
     resolved = [r for r in swept if r.resolved_at is not None]
 
     # 4. the webhook outbox, in the same transaction
@@ -209,24 +250,30 @@ def record_heartbeat(data: dict, now: datetime | None = None) -> HeartbeatResult
     if outbox:
         enqueue_events(outbox, now)
 
-    return HeartbeatResult(installation_id, instance_id, now, len(opened), len(resolved))
+    return HeartbeatResult(installation_id, instance_id, now, len(opened), len(resolved), pending)
 
 
-def _touch(conn, st, pg: bool, instance_id: str, provided: dict, now: datetime) -> tuple[dict, bool]:
-    """Lock the installation, read its stored fields and apply the heartbeat's: ``(old values
-    with "id", created)``; an unknown installation registers itself (``created``, no old values)."""
-    old = heartbeat_pg.touch(conn, instance_id, provided, now) if pg else _touch_portable(conn, st, instance_id,
-                                                                                          provided, now)
-    if old is not None:
-        return old, False
+def _touch(conn, st, pg: bool, instance_id: str, provided: dict, now: datetime, locked) -> tuple[dict, bool, bool]:
+    """Lock the installation, read its stored fields and (except when only ``locked`` by the
+    gate: the second statement does it) apply the heartbeat's. Returns ``(old values with "id",
+    created, applied)``; an unknown installation registers itself (``created``, no old values)."""
+    def lock_and_apply():
+        if pg:
+            return heartbeat_pg.touch(conn, instance_id, provided, now)
+        return _touch_portable(conn, st, instance_id, provided, now)
+
+    if locked is NOT_LOCKED:
+        old = lock_and_apply()
+        if old is not None:
+            return old, False, True
+    elif locked is not None:
+        return locked, False, False
     new_id = conn.execute(st.register, {"instance_id": instance_id, "first_seen_at": now, "last_seen_at": now,
                                         "heartbeats_total": 1, **provided}).scalar()
     if new_id is not None:
-        return {"id": new_id}, True
+        return {"id": new_id}, True, True
     # registered concurrently: lock it and continue as an update
-    old = heartbeat_pg.touch(conn, instance_id, provided, now) if pg else _touch_portable(conn, st, instance_id,
-                                                                                          provided, now)
-    return old, False
+    return lock_and_apply(), False, True
 
 
 def _touch_portable(conn, st, instance_id: str, provided: dict, now: datetime) -> dict | None:
@@ -335,14 +382,19 @@ def pending_for(installation_id: int, now: datetime | None = None) -> dict:
     (scheduled, ``scheduled_for`` reached; one scheduled for later appears once its time comes).
     One statement: the two flags and the due verifications (``_pending_statement``)."""
     now = now or utcnow()
-    rows = db.session.connection().execute(_pending_statement(), {"installation_id": installation_id,
-                                                                  "now": now}).all()
+    rows = fastsql.run(db.session.connection(), _pending_statement(),
+                       {"installation_id": installation_id, "now": now}).all()
+    return _pending_answer([tuple(r) for r in rows])
+
+
+def _pending_answer(rows: list[tuple]) -> dict:
+    """``_pending_statement``'s rows ``(update, plugin, id, backup_id, scheduled_for)`` as the
+    response's ``pending`` object."""
     return {
-        "update": bool(rows[0].update),
-        "plugin": bool(rows[0].plugin),
+        "update": bool(rows[0][0]),
+        "plugin": bool(rows[0][1]),
         "restore_verifications": [
-            {"id": r.id, "backup_id": r.backup_id, "scheduled_for": isoformat(r.scheduled_for)}
-            for r in rows if r.id is not None
+            {"id": r[2], "backup_id": r[3], "scheduled_for": isoformat(r[4])} for r in rows if r[2] is not None
         ],
     }
 

@@ -95,6 +95,10 @@ class Installation(db.Model):
         Index("ix_installations_health", "health", "last_seen_at"),
         Index("ix_installations_channel", "release_channel", "last_seen_at"),
         Index("ix_installations_version", "version", "last_seen_at"),
+        # the fleet search (?q=: substring, case-insensitive) on PostgreSQL: trigram GIN indexes
+        # (pg_trgm, migration 0007); on SQLite these are plain indexes the search does not use
+        *(Index(f"ix_installations_{col}_trgm", col, postgresql_using="gin", postgresql_ops={col: "gin_trgm_ops"})
+          for col in ("instance_id", "client", "domain")),
     )
 
     def __str__(self) -> str:
@@ -357,10 +361,15 @@ class PluginRequest(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
 
     installation: Mapped[Installation] = relationship()
+    job: Mapped[Optional[Job]] = relationship()  # the install job of an approved request
 
     __table_args__ = (
         Index("ix_plugin_requests_created", "created_at", "id"),
         Index("ix_plugin_requests_installation_plugin", "installation_id", "plugin", "status"),
+        # at most one open (pending) request per installation and plugin (migration 0004)
+        Index("uq_plugin_requests_pending", "installation_id", "plugin", unique=True,
+              postgresql_where=text("status = 'pending'"), sqlite_where=text("status = 'pending'")),
+        Index("ix_plugin_requests_status_created", "status", "created_at"),
     )
 
 

@@ -21,6 +21,7 @@ from flask import current_app, request
 from sqlalchemy import case, delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
+from . import fastsql
 from .dbutil import insert
 from .errors import RateLimited
 from .extensions import db
@@ -121,14 +122,26 @@ def count_agent_request(key: str) -> None:
     a checkout, a BEGIN, the upsert and a COMMIT), 429 past the limit. The count is kept when the
     request's transaction commits; a request that fails or is refused is rolled back, and the
     gate then counts it again with ``recount_agent_request``, so it still counts."""
-    now = utcnow()
-    window = _window(now)
-    count = db.session.connection().execute(
-        _count_upsert(db.session.get_bind().dialect.name),
-        {"key": key[:255], "window_start": window, "count": 1}).scalar_one()
-    limit = _settings().agent_rate_limit
-    if count > limit:
-        raise _refuse(limit, "agent requests", window, now)
+    conn = db.session.connection()
+    count = AgentCount(conn, key)
+    count.check(fastsql.run(conn, count.statement, count.params).scalar_one())
+
+
+class AgentCount:
+    """One agent request's count: the upsert (``statement`` with ``params``; ``RETURNING count``)
+    and ``check(count)``, which refuses past the limit. ``count_agent_request`` runs it on its
+    own; the heartbeat sends it together with its installation lock (``cp.heartbeats``)."""
+
+    def __init__(self, conn, key: str):
+        self.now = utcnow()
+        self.window = _window(self.now)
+        self.statement = _count_upsert(conn.dialect.name)
+        self.params = {"key": key[:255], "window_start": self.window, "count": 1}
+
+    def check(self, count: int) -> None:
+        limit = _settings().agent_rate_limit
+        if count > limit:
+            raise _refuse(limit, "agent requests", self.window, self.now)
 
 
 def recount_agent_request(key: str) -> None:

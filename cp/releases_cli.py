@@ -68,7 +68,7 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
               help="Private key file from `keys generate`.")
 @click.option("--key-id", default=None, help="Key id (default: the key file's name without extension).")
 @click.option("--channel", default="stable", show_default=True, help="Channel of a core release.")
-@click.option("--plugin", default=None, help="Sign a plugin release of this plugin (no channel).")
+@click.option("--plugin", default=None, help="Sign a plugin release of this plugin (no channel; the name is added to the manifest).")
 def sign(manifest_file: Path, key_file: Path, key_id: str | None, channel: str, plugin: str | None) -> None:
     """Print the JSON body to POST to /api/releases (or /api/plugins/releases with --plugin)."""
     try:
@@ -80,6 +80,15 @@ def sign(manifest_file: Path, key_file: Path, key_id: str | None, channel: str, 
     version = manifest.get("version")
     if not is_version(version):
         raise click.ClickException('The manifest needs a "version" that is a semantic version (e.g. 1.3.0).')
+    if plugin is not None:
+        # the plugin's name becomes part of what is signed: a manifest of one plugin cannot be
+        # published as another (the server refuses a manifest naming another plugin)
+        from .plugins import PLUGIN_NAME_HELP, is_plugin_name
+
+        if not is_plugin_name(plugin):
+            raise click.BadParameter(PLUGIN_NAME_HELP, param_hint="--plugin")
+        if manifest.setdefault("plugin", plugin) != plugin:
+            raise click.ClickException(f'The manifest names plugin {manifest["plugin"]!r}, not {plugin!r}.')
     key_id = _key_id(key_id or key_file.stem)
     signature = sign_manifest(load_private_key(key_file), manifest)
     body: dict = {"plugin": plugin} if plugin else {}

@@ -116,19 +116,6 @@ class CuttableProxy:
         self.listener.close()
 
 
-def drain_stderr(server: LiveServer) -> bytearray:
-    """Read gunicorn's stderr as it comes: an outage logs a lot, and a full pipe would block the
-    workers' logging (and so the requests) rather than test anything."""
-    out = bytearray()
-
-    def pump():
-        for chunk in iter(lambda: server.proc.stderr.read1(65536), b""):
-            out.extend(chunk)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return out
-
-
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1):
     """Poll ``predicate`` until it returns something truthy (a bound on waiting, not an assertion of speed)."""
     deadline = time.monotonic() + timeout
@@ -154,7 +141,6 @@ def test_database_unreachable_mid_load_then_back(postgres_only, env, app, db_eng
     proxy = CuttableProxy(url.host or "127.0.0.1", url.port or 5432).start()
     proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     server = LiveServer({**env, "CONTROL_PLANE_DATABASE_URL": proxied}, workers=2).start()
-    server_log = drain_stderr(server)
     master_pid = server.proc.pid
     sent: dict[str, list[int]] = {}  # instance -> statuses
     lock = threading.Lock()
@@ -224,8 +210,8 @@ def test_database_unreachable_mid_load_then_back(postgres_only, env, app, db_eng
 
     statuses = [s for st in sent.values() for s in st]
     assert 500 not in statuses, statuses
-    log = server_log.decode(errors="replace")
-    assert '"database unavailable: OperationalError"' in log or "database unavailable" in log
+    log = server.log_path.read_text(errors="replace")
+    assert "database unavailable" in log
     assert "unhandled error" not in log, log[-3000:]
     assert statuses.count(503) + statuses.count(-1) >= 1, "the load never met the cut database"
     assert set(statuses) <= {200, 503, -1, 401}, set(statuses)
@@ -331,7 +317,6 @@ def test_a_hanging_receiver_never_slows_heartbeats_on_a_live_server(env, app, we
             "CONTROL_PLANE_WEBHOOK_TIMEOUT_SECONDS": "120"}
     webhook_receiver.set_mode("hang")
     server = LiveServer({**env, **hook}, workers=2).start()
-    drain_stderr(server)
     worker = start_worker({**env, **hook}, tmp_path / "worker.log")
     try:
         first = AgentClient(server.url, "first", AGENT_TOKEN)
@@ -352,7 +337,7 @@ def test_a_hanging_receiver_never_slows_heartbeats_on_a_live_server(env, app, we
         # once the receiver answers, everything arrives, each alert's events in order
         webhook_receiver.set_mode("ok")
         webhook_receiver.release()
-        assert webhook_receiver.wait_for(lambda r: len(r.delivered_keys()) >= 21, timeout=60), \
+        assert webhook_receiver.wait_for(lambda r: len(r.delivered) >= 21, timeout=60), \
             (tmp_path / "worker.log").read_text()[-2000:]
     finally:
         worker.send_signal(signal.SIGTERM)

@@ -305,7 +305,7 @@ def test_a_live_server_logs_no_secret(env, app):
                     AgentClient(server.url, "mapped-001", AGENT_SECRETS["mapped-001"]).post("/api/heartbeats", {})[0]]
     finally:
         server.stop()
-    err = server.proc.stderr.read().decode(errors="replace")
+    err = server.log_path.read_text(errors="replace")
     assert statuses == [200, 200], err[-3000:]
     assert "/api/heartbeats" in err  # the requests were logged
     for secret in SECRETS:

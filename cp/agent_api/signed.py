@@ -47,7 +47,10 @@ def _instance_id_of(raw: bytes) -> str | None:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-    value = data.get("instance_id") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    g.agent_json = data  # parsed once: the gate hands this object to the view
+    value = data.get("instance_id")
     return value if isinstance(value, str) else None
 
 
@@ -106,8 +109,15 @@ def prune_nonces(now=None) -> int:
     return db.session.execute(delete(nonces).where(nonces.c.seen_at < cutoff)).rowcount or 0
 
 
-def agent_endpoint(view: Callable) -> Callable:
-    """Verify, parse and hand the view the JSON object; the view validates it with its schema."""
+def agent_endpoint(view: Callable | None = None, *, counter: Callable | None = None) -> Callable:
+    """Verify, parse and hand the view the JSON object; the view validates it with its schema.
+
+    ``counter(key, instance_id)``: counts the request in a statement of the endpoint's choosing
+    instead of ``cp.ratelimit.count_agent_request`` (the heartbeat also locks its installation
+    in it); its result is ``g.agent_counted`` for the view. The order of the checks is the same.
+    """
+    if view is None:
+        return lambda v: agent_endpoint(v, counter=counter)
 
     @wraps(view)
     def wrapped(*args, **kwargs):
@@ -120,19 +130,24 @@ def agent_endpoint(view: Callable) -> Callable:
         # and then still counts: recounted in a short transaction of its own.
         key = agent_key(g.agent_instance_id)
         try:
-            count_agent_request(key)
+            if counter is not None:
+                g.agent_counted = counter(key, g.agent_instance_id)
+            else:
+                count_agent_request(key)
             if g.agent_nonce is not None:
                 remember_nonce(g.agent_nonce)
-            data = parse_json_object(request.get_data(cache=True))
+            data = g.get("agent_json")
+            if data is None:
+                data = parse_json_object(request.get_data(cache=True))  # 400 for what is not an object
             response = current_app.make_response(view(data, *args, **kwargs))
         except Exception:
             db.session.rollback()
             recount_agent_request(key)
             raise
         if response.status_code < 400:
-            # keep the count and the nonce even when the view only read (and so did not commit);
-            # after the view's own commit this is a no-op
-            db.session.commit()
+            # keep the count and the nonce even when the view only read (and so did not commit)
+            if db.session().in_transaction():
+                db.session.commit()
         else:
             db.session.rollback()
             recount_agent_request(key)

@@ -3,6 +3,7 @@ from flask import jsonify
 
 from .. import alerts as alert_domain
 from .. import fleet
+from .. import plugins as plugin_domain
 from ..audit import audited
 from ..auth import current_role, role_required
 from ..extensions import db
@@ -60,7 +61,7 @@ def list_installations():
 @bp.get("/installations/<instance_id>")
 @role_required("support")
 def get_installation(instance_id: str):
-    """One installation with its alerts and job failures.
+    """One installation with its alerts, job failures and installed plugins.
     ---
     get:
       tags: [fleet]
@@ -79,6 +80,7 @@ def get_installation(instance_id: str):
     data["alerts"] = fleet.installation_alerts(inst.id)
     data["job_failures"] = fleet.installation_job_failures(inst.id)
     data["events"] = fleet.installation_events(inst.id)
+    data["plugins"] = plugin_domain.installed_plugins(inst.id)
     return jsonify(detail_schema.dump(data))
 
 

@@ -99,10 +99,17 @@ class InstallationEventSchema(Schema):
     at = UTCDateTime(dump_only=True)
 
 
+class InstalledPluginSchema(Schema):
+    plugin = fields.String(dump_only=True)
+    version = fields.String(dump_only=True)
+
+
 class InstallationDetailSchema(InstallationSchema):
     alerts = fields.List(fields.Nested(AlertSchema), dump_only=True)
     job_failures = fields.List(fields.Nested(JobFailureSchema), dump_only=True)
     events = fields.List(fields.Nested(InstallationEventSchema), dump_only=True)
+    # installed plugins and their versions, by name (cp.plugins.installed_plugins)
+    plugins = fields.List(fields.Nested(InstalledPluginSchema), dump_only=True)
 
 
 def list_schema(item: type[Schema], name: str) -> type[Schema]:
