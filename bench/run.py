@@ -452,13 +452,15 @@ def main(argv: list[str] | None = None) -> int:
         for s in (service, floor):
             mark = s.logfile.stat().st_size
             r = run_paced(s, bodies, rate=offered, seconds=a.seconds, connections=64, probe=probes[s.name])
-            if r["non_200"] or r["errors"] or r["unfinished"]:
+            if r["non_200"] or r["errors"]:
                 raise RuntimeError(f"{s.name}: paced run saw failures: {r}")
+            if r["unfinished"]:  # still queued 30 s after the run: the server fell behind (reported)
+                log(f"{s.name}: {r['unfinished']} requests of the paced run never completed")
             if s is service:
                 r["service_side"] = heartbeat_durations(s.logfile, mark)
             paced[s.name] = r
             runs.append({"name": f"{s.name} at {offered:,.0f}/s", "rate": r["achieved_rate"], "p50_ms": r["p50_ms"],
-                         "p99_ms": r["p99_ms"], "errors": r["errors"] + r["non_200"],
+                         "p99_ms": r["p99_ms"], "errors": r["errors"] + r["non_200"] + r["unfinished"],
                          "server_cores": r["server_cores"], "postgres_cores": r["postgres_cores"],
                          "generator_cores": r["generator_cores"], "machine_busy_cores": r["machine_busy_cores"]})
             log(f"{runs[-1]['name']}: p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms")
@@ -484,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
         reads.update({k: v for k, v in after.items() if v["p50_ms"] > reads.get(k, {}).get("p50_ms", 0)})
         met = {
             "throughput_ratio_60pct": res["heartbeats"]["ratio"] >= TARGETS["ratio_min"],
-            "p99_under_50ms": res["heartbeats"]["service_p99_ms"] < TARGETS["p99_ms"],
+            "p99_under_50ms": (res["heartbeats"]["service_p99_ms"] < TARGETS["p99_ms"]
+                               and not paced["service"]["unfinished"]),
         }
         if reads:
             met["reads_under_50ms"] = all(v["p50_ms"] < TARGETS["read_ms"] for v in reads.values())

@@ -29,12 +29,35 @@ def run(conn, stmt, params: dict):
 
 def expanded(stmt, dialect, params: dict) -> tuple[str, dict]:
     """``stmt`` as ``(SQL with %(name)s placeholders, its constant parameters)``, compiled once.
-    The named parameters of ``params`` stay placeholders; constant lists such as ``IN (...)``
-    are rendered as one parameter each (with this first call's values: they are constants)."""
+    The named parameters of ``params`` stay placeholders; the statement's constants (``kind =
+    'update'``, ``IN ('active', 'completed')``, ``LIMIT 100``...) are written into the SQL as
+    literals when they are plain strings or integers (fewer parameters to send, and PostgreSQL
+    plans with the real values), else kept as parameters."""
     key = (id(stmt), dialect.name)
     entry = _compiled.get(key)
     if entry is None or entry[0] is not stmt:
         state = stmt.compile(dialect=dialect).construct_expanded_state(params)
-        entry = (stmt, state.statement, {k: v for k, v in state.parameters.items() if k not in params})
+        sql, fixed = state.statement, {}
+        for name, value in state.parameters.items():
+            if name in params:
+                continue
+            literal = _literal(value)
+            placeholder = f"%({name})s"
+            if literal is not None and sql.count(placeholder) >= 1:
+                sql = sql.replace(placeholder, literal)
+            else:
+                fixed[name] = value
+        entry = (stmt, sql, fixed)
         _compiled[key] = entry
     return entry[1], entry[2]
+
+
+def _literal(value) -> str | None:
+    """A constant as SQL text (strings quoted, ``%`` doubled for the driver), or None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and "\x00" not in value:
+        return "'" + value.replace("'", "''").replace("%", "%%") + "'"
+    return None

@@ -28,19 +28,48 @@ def require_json_content_type() -> None:
         raise UnsupportedMediaType("Requests with a body must be Content-Type: application/json.")
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def decode_json(raw: bytes) -> Any:
+    """Strict JSON (NaN and Infinity are not JSON); 400 ``invalid_json`` otherwise."""
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BadRequest("The request body is not valid JSON.", code="invalid_json") from None
+
+
+def check_object(data: Any, raw: bytes) -> dict:
+    """The decoded body must be an object (400); text with a NUL character, which PostgreSQL
+    cannot store, is a 422 naming the field."""
+    if not isinstance(data, dict):
+        raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    if b"\\u0000" in raw:  # cheap pre-check; the walk runs only when an escape is present
+        bad = {str(k): ["Text may not contain NUL (\\u0000) characters."]
+               for k, v in data.items() if _has_nul(k) or _has_nul(v)}
+        if bad:
+            raise Invalid("The request failed validation.", details=bad)
+    return data
+
+
 def parse_json_object(raw: bytes, *, allow_empty: bool = False) -> dict:
-    """Decode ``raw`` as a JSON object; 400 ``invalid_json`` otherwise."""
+    """Decode ``raw`` as a JSON object (see ``decode_json`` and ``check_object``)."""
     if not raw.strip():
         if allow_empty:
             return {}
         raise BadRequest("The request body must be a JSON object.", code="invalid_json")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise BadRequest("The request body is not valid JSON.", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise BadRequest("The request body must be a JSON object.", code="invalid_json")
-    return data
+    return check_object(decode_json(raw), raw)
 
 
 def json_body(*, allow_empty: bool = False) -> dict:

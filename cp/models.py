@@ -96,8 +96,10 @@ class Installation(db.Model):
         Index("ix_installations_channel", "release_channel", "last_seen_at"),
         Index("ix_installations_version", "version", "last_seen_at"),
         # the fleet search (?q=: substring, case-insensitive) on PostgreSQL: trigram GIN indexes
-        # (pg_trgm, migration 0007); on SQLite these are plain indexes the search does not use
-        *(Index(f"ix_installations_{col}_trgm", col, postgresql_using="gin", postgresql_ops={col: "gin_trgm_ops"})
+        # (pg_trgm, migration 0007), without GIN's pending list: every heartbeat rewrites the row,
+        # and a search would have to scan that list; on SQLite these are plain indexes
+        *(Index(f"ix_installations_{col}_trgm", col, postgresql_using="gin", postgresql_ops={col: "gin_trgm_ops"},
+                postgresql_with={"fastupdate": "off"})
           for col in ("instance_id", "client", "domain")),
     )
 

@@ -7,9 +7,12 @@ refused or failed request still counts), and raises ``RateLimited`` (429 with ``
 past the limit. ``peek`` only reads (for bearer tokens: checked before the compare, counted
 only when wrong).
 
-Cost on the agent hot path: one upsert in its own transaction. On PostgreSQL that transaction
-commits with ``synchronous_commit = off`` (a crash can forget the last fraction of a second of
-counts, nothing else), so it does not wait for a WAL flush. Old rows are pruned in passing.
+The agent hot path (``count_agent_request``) runs the same upsert in the request's own
+transaction: no extra connection checkout, BEGIN or COMMIT; a request that fails or is refused
+rolls back and is counted again by ``recount_agent_request`` in a short transaction of its own,
+so it still counts. ``hit``'s own transactions commit with ``synchronous_commit = off`` on
+PostgreSQL (a crash can forget the last fraction of a second of counts, nothing else). Old rows
+are pruned in passing and by the worker (``cp.sweeps``).
 """
 from __future__ import annotations
 

@@ -7,6 +7,10 @@
   ``Referer`` over HTTPS, so ``no-referrer`` would break every form) and, for pages that are
   not static files, ``Cache-Control: no-store``. With ``CONTROL_PLANE_COOKIE_SECURE=1`` (HTTPS)
   also ``Strict-Transport-Security``.
+- A body sent in chunks (no ``Content-Length``) is held to ``CONTROL_PLANE_MAX_BODY_BYTES`` like
+  any other: 413, where Werkzeug alone would cut it silently (``ChunkedBodyLimit``).
+- ``<int:...>`` in a route only matches what an INTEGER column holds (a 404 beyond, never a
+  database error).
 - A login creates a ``login_sessions`` row keyed by the SHA-256 of a random id that only the
   (signed) session cookie holds; the user loader accepts a session only while its row exists
   and has not expired; logout deletes it. A copied cookie is therefore dead after logout, and a
@@ -15,11 +19,13 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import secrets
 from datetime import timedelta
 
 from flask import current_app, g, request
 from sqlalchemy import delete, select
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import IntegerConverter
 
 from .extensions import db
@@ -109,6 +115,32 @@ def prune(now=None) -> int:
         return conn.execute(delete(sessions_t).where(sessions_t.c.expires_at < (now or utcnow()))).rowcount or 0
 
 
+class ChunkedBodyLimit:
+    """WSGI middleware: a body sent without ``Content-Length`` (``Transfer-Encoding: chunked``)
+    is read here up to the limit; Werkzeug would otherwise cut it silently at
+    ``MAX_CONTENT_LENGTH`` instead of answering 413. Over the limit, the request is marked and
+    ``_refuse_marked_bodies`` answers 413 in the contract's shape."""
+
+    def __init__(self, wsgi_app, limit: int):
+        self.wsgi_app = wsgi_app
+        self.limit = limit
+
+    def __call__(self, environ, start_response):
+        if not environ.get("CONTENT_LENGTH") and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            data = environ["wsgi.input"].read(self.limit + 1)
+            if len(data) > self.limit:
+                environ["cp.body_too_large"] = True
+                data = b""
+            environ["wsgi.input"] = io.BytesIO(data)
+            environ["CONTENT_LENGTH"] = str(len(data))
+        return self.wsgi_app(environ, start_response)
+
+
+def _refuse_marked_bodies():
+    if request.environ.get("cp.body_too_large"):
+        raise RequestEntityTooLarge()
+
+
 class DbIntConverter(IntegerConverter):
     """``<int:id>`` that only matches what an INTEGER column can hold (else 404, not a DB error)."""
 
@@ -122,6 +154,9 @@ def init_app(app) -> None:
     app.url_map.converters["int"] = DbIntConverter
     app.after_request(_set_headers)
     app.jinja_env.globals["csp_nonce"] = csp_nonce
+    # first of all before_request functions (CSRFProtect's reads the form)
+    app.before_request_funcs.setdefault(None, []).insert(0, _refuse_marked_bodies)
+    app.wsgi_app = ChunkedBodyLimit(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])
     proxies = app.config["CP_SETTINGS"].trusted_proxies
     if proxies:
         from werkzeug.middleware.proxy_fix import ProxyFix

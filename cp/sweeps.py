@@ -28,13 +28,13 @@ from flask import current_app
 from sqlalchemy import and_, delete, exists, func, or_, select
 
 from . import ratelimit
+from .agent_api import signed
 from .alerts import alert_payload, enqueue_events
 from .dbutil import insert, is_postgres
 from .extensions import db
 from .fleet import stale_cutoff
 from .heartbeats import backup_age_alert
-from .models import AgentNonce, Alert, Installation, OutboxEvent, SloSample
-from .signing import REPLAY_WINDOW_SECONDS
+from .models import Alert, Installation, OutboxEvent, SloSample
 from .timeutil import isoformat, utcnow
 
 log = logging.getLogger("cp.sweeps")
@@ -176,10 +176,8 @@ def prune_outbox(now: datetime | None = None, days: int | None = None) -> int:
 
 
 def prune_nonces(now: datetime | None = None) -> int:
-    """Agent request signatures older than twice the replay window can no longer be replayed."""
-    cutoff = (now or utcnow()) - timedelta(seconds=2 * REPLAY_WINDOW_SECONDS)
-    t = AgentNonce.__table__
-    n = db.session.execute(delete(t).where(t.c.seen_at < cutoff)).rowcount or 0
+    """Agent request signatures that can no longer be replayed (the rule lives in ``signed``)."""
+    n = signed.prune_nonces(now)
     db.session.commit()
     return n
 

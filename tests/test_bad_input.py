@@ -151,3 +151,10 @@ def test_get_on_agent_endpoint_is_405_json(client):
 
 def test_unknown_api_path_is_json_404(client):
     assert_error(client.get("/api/nope"), 404, "not_found")
+
+
+def test_nul_characters_are_refused_with_the_field_named(app, agent):
+    raw = b'{"instance_id": "acme-001", "client": "Acme\\u0000SA", "alerts": [{"level": "info", "message": "a\\u0000"}]}'
+    data = assert_error(agent.raw("/api/heartbeats", raw), 422, "validation_error")
+    assert set(data["details"]) == {"client", "alerts"}
+    assert stored(app) == (0, 0, 0)

@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 
 from cp.agent_client import AgentClient, build_request
 from cp.extensions import db
-from cp.models import Installation, JobFailure, OutboxEvent
+from cp.models import OutboxEvent
 from cp.timeutil import set_clock, utcnow
 from tests.conftest import AGENT_TOKEN, ROOT, TOKENS, LiveServer, bearer
 from tests.test_fuzz import inconsistencies

@@ -6,7 +6,6 @@ import concurrent.futures
 import re
 from pathlib import Path
 
-import pytest
 import requests
 from sqlalchemy import func, select
 
@@ -164,6 +163,37 @@ def test_oversize_bodies_are_413_in_the_contract_shape(make_app, agent):
         assert db.session.scalar(select(func.count()).select_from(Installation)) == 0
 
 
+def test_chunked_bodies_are_held_to_the_same_limit(env, app):
+    """Without Content-Length (Transfer-Encoding: chunked) through a real gunicorn: over the
+    limit a 413, under it the request goes through whole."""
+    from cp.signing import sign
+
+    server = LiveServer({**env, "CONTROL_PLANE_MAX_BODY_BYTES": "2048"}, workers=1).start()
+    try:
+        def chunks(body: bytes, size: int = 500):
+            for i in range(0, len(body), size):
+                yield body[i:i + size]
+
+        big = b'{"instance_id": "acme-001", "client": "' + b"x" * 5000 + b'"}'
+        resp = requests.post(server.url + "/api/heartbeats", data=chunks(big), timeout=10, headers={
+            "Content-Type": "application/json", "x-agent-signature": sign(AGENT_TOKEN, big)})
+        assert resp.status_code == 413, resp.text
+        assert resp.json()["error"] == "payload_too_large"
+        small = b'{"instance_id": "acme-001", "alerts": [{"level": "info", "message": "' + b"x" * 1500 + b'"}]}'
+        resp = requests.post(server.url + "/api/heartbeats", data=chunks(small), timeout=10, headers={
+            "Content-Type": "application/json", "x-agent-signature": sign(AGENT_TOKEN, small)})
+        assert resp.status_code == 200, resp.text
+        resp = requests.post(server.url + "/login", data=chunks(b"token=" + b"x" * 5000), timeout=10,
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert resp.status_code == 413
+    finally:
+        server.stop()
+    with app.app_context():
+        inst = db.session.scalar(select(Installation).where(Installation.instance_id == "acme-001"))
+        assert inst.heartbeats_total == 1
+        assert [len(a.message) for a in inst.alerts] == [1500]
+
+
 # --- across gunicorn workers ----------------------------------------------------------------------
 def _served_by(log: Path) -> dict[str, int]:
     """pid -> requests, from gunicorn's access log (``%(p)s``)."""
@@ -182,7 +212,7 @@ def test_limits_hold_across_two_gunicorn_workers(env, app, tmp_path):
     access = tmp_path / "access.log"
     server = LiveServer({
         **env, "CONTROL_PLANE_AGENT_RATE_LIMIT": "5", "CONTROL_PLANE_LOGIN_RATE_LIMIT": "3",
-        "GUNICORN_CMD_ARGS": f"--max-requests 6 --access-logfile {access} --access-logformat '%(p)s %(r)s %(s)s'",
+        "GUNICORN_CMD_ARGS": f"--max-requests 10 --access-logfile {access} --access-logformat '%(p)s %(r)s %(s)s'",
     }, workers=2).start()
     try:
         def beat(i):

@@ -23,8 +23,7 @@ THREADS = 32
 
 @pytest.fixture
 def server(postgres_only, env, app):
-    # LiveServer pipes gunicorn's stderr without reading it: keep the access log out of it, or a
-    # few hundred requests fill the pipe and the workers block on their next log line
+    # four workers; warnings only (hundreds of requests would otherwise fill its log)
     s = LiveServer({**env, "CONTROL_PLANE_LOG_LEVEL": "WARNING"}, workers=4).start()
     yield s
     s.stop()

@@ -16,7 +16,6 @@ window can never match again and are pruned in passing.
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 from datetime import timedelta
@@ -28,9 +27,9 @@ from sqlalchemy import delete
 
 from .. import signing
 from ..dbutil import insert
-from ..errors import Forbidden, Unauthorized
+from ..errors import BadRequest, Forbidden, Unauthorized
 from ..extensions import db
-from ..http import parse_json_object, require_json_content_type
+from ..http import check_object, decode_json, parse_json_object, require_json_content_type
 from ..models import AgentNonce
 from ..timeutil import utcnow
 
@@ -44,8 +43,8 @@ def secret_for(instance_id: str | None) -> str | None:
 
 def _instance_id_of(raw: bytes) -> str | None:
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        data = decode_json(raw)
+    except BadRequest:
         return None
     if not isinstance(data, dict):
         return None
@@ -139,6 +138,8 @@ def agent_endpoint(view: Callable | None = None, *, counter: Callable | None = N
             data = g.get("agent_json")
             if data is None:
                 data = parse_json_object(request.get_data(cache=True))  # 400 for what is not an object
+            else:
+                data = check_object(data, request.get_data(cache=True))
             response = current_app.make_response(view(data, *args, **kwargs))
         except Exception:
             db.session.rollback()

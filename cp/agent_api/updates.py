@@ -6,7 +6,7 @@ from ..extensions import db
 from ..http import load
 from . import bp
 from .signed import agent_endpoint
-from .update_schemas import UpdateJobSchema, UpdateNextSchema, UpdateReportSchema
+from .update_schemas import UpdateJobSchema, UpdateNextSchema, UpdateReportSchema, report_response
 
 job_schema = UpdateJobSchema()
 
@@ -47,7 +47,10 @@ def report_update(data: dict):
     post:
       tags: [agent]
       summary: in_progress, succeeded (sets the installation's version) or failed; returns the job.
-      description: The same report twice is a no-op 200; a different status on a finished job is 409.
+      description: >-
+        The job's fields, and the same object under `job` (the shape of `/api/updates/next`), so
+        clients read both answers alike. The same report twice is a no-op 200; a different status
+        on a finished job is 409.
       security: [{agentSignature: []}]
       requestBody:
         required: true
@@ -58,7 +61,7 @@ def report_update(data: dict):
         200:
           content:
             application/json:
-              schema: UpdateJobSchema
+              schema: UpdateReportResponseSchema
         403:
           description: The job belongs to another installation.
         404:
@@ -68,6 +71,6 @@ def report_update(data: dict):
     """
     body = load(UpdateReportSchema(), data)
     job = rollouts.report_job("update", body["instance_id"], body["job_id"], body["status"], body.get("message"))
-    out = job_schema.dump(job)
+    out = report_response(job_schema.dump(job))
     db.session.commit()
     return jsonify(out)

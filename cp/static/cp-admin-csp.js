@@ -28,5 +28,5 @@
     if (link) {
       event.preventDefault();
     }
-  });
+  }, true);  // capture: before Flask-Admin's and Bootstrap's handlers, which may stop the event
 })();

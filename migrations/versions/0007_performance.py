@@ -2,7 +2,9 @@
 
 ``?q=`` searches instance_id, client and domain as case-insensitive substrings (ILIKE
 '%...%'), which no B-tree serves: at 100,000 installations that is a sequential scan per
-search. On PostgreSQL, pg_trgm GIN indexes answer it (docs/performance.md). ``CREATE
+search. On PostgreSQL, pg_trgm GIN indexes answer it (docs/performance.md), built without
+GIN's pending list (``fastupdate = off``): every heartbeat writes a new version of its
+installation row, and a search would otherwise scan the ever-growing list. ``CREATE
 EXTENSION pg_trgm`` needs the database owner (pg_trgm is a trusted extension since PostgreSQL
 13) or a superuser. On SQLite the same indexes are plain ones (the model declares them for both).
 
@@ -26,7 +28,8 @@ def upgrade():
     with op.batch_alter_table("installations", schema=None) as batch_op:
         for col in SEARCH_COLUMNS:
             batch_op.create_index(f"ix_installations_{col}_trgm", [col], unique=False,
-                                  postgresql_using="gin", postgresql_ops={col: "gin_trgm_ops"})
+                                  postgresql_using="gin", postgresql_ops={col: "gin_trgm_ops"},
+                                  postgresql_with={"fastupdate": "off"})
 
 
 def downgrade():
