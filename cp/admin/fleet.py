@@ -148,10 +148,8 @@ def channel_changed(inst: Installation, old_channel: str | None) -> None:
     now = utcnow()
     db.session.add(InstallationEvent(installation_id=inst.id, field="release_channel", old_value=old_channel,
                                      new_value=inst.release_channel, at=now))
-    try:
-        from ..rollouts import on_channel_change
-    except ImportError:  # rollouts not installed
-        return
+    from ..rollouts import on_channel_change
+
     on_channel_change(inst.id, old_channel, inst.release_channel, inst.version, now)
 
 
