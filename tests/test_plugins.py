@@ -474,6 +474,7 @@ def test_install_next_and_report(app, client, agent, market):
     resp = preport(agent, "shop-001", job["id"], "succeeded", "done")
     assert resp.status_code == 200 and resp.get_json()["status"] == "succeeded"
     assert resp.get_json()["plugin"] == "payments"
+    assert resp.get_json()["job"] == {k: v for k, v in resp.get_json().items() if k != "job"}  # as updates
     assert installed(app, "shop-001") == {"payments": "2.0.0"}
     assert preport(agent, "shop-001", job["id"], "succeeded", "done").status_code == 200  # same report: no change
     assert pending_plugin(agent, "shop-001") is False

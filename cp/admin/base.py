@@ -310,3 +310,24 @@ class SecureModelView(RoleGate, ModelView):
 
     def search_placeholder(self) -> str | None:
         return self.search_hint or super().search_placeholder()
+
+
+class ScopedRows:
+    """Mixin for a screen that shows a subset of a table's rows (lists, counts and details):
+    ``row_condition()`` in SQL, ``in_scope(model)`` in Python; a row outside is not found."""
+
+    def row_condition(self):  # pragma: no cover - defined by each screen
+        raise NotImplementedError
+
+    def in_scope(self, model) -> bool:  # pragma: no cover - defined by each screen
+        raise NotImplementedError
+
+    def get_query(self):
+        return super().get_query().filter(self.row_condition())
+
+    def get_count_query(self):
+        return super().get_count_query().filter(self.row_condition())
+
+    def get_one(self, id):
+        model = super().get_one(id)
+        return model if model is not None and self.in_scope(model) else None

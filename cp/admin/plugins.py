@@ -26,33 +26,12 @@ from ..errors import DomainError, Forbidden
 from ..extensions import db
 from ..models import PLUGIN_REQUEST_STATUSES, PluginRequest, Release, Rollout
 from . import formatters as fmt
-from .base import MAX_ACTION_ROWS, SecureModelView, current_role
+from .base import MAX_ACTION_ROWS, ScopedRows, SecureModelView, current_role
 from .filters import ChoiceFilter, InstallationFilter, TextEqualFilter
 from .rollouts import ReleaseView, RolloutView
 
 
-class PluginRowsOnly:
-    """Mixin: a core screen limited to plugin rows (lists, counts, details):
-    ``plugin_condition()`` in SQL, ``is_plugin_row(model)`` in Python."""
-
-    def plugin_condition(self):  # pragma: no cover - defined by each screen
-        raise NotImplementedError
-
-    def is_plugin_row(self, model) -> bool:  # pragma: no cover - defined by each screen
-        raise NotImplementedError
-
-    def get_query(self):
-        return super().get_query().filter(self.plugin_condition())
-
-    def get_count_query(self):
-        return super().get_count_query().filter(self.plugin_condition())
-
-    def get_one(self, id):
-        model = super().get_one(id)
-        return model if model is not None and self.is_plugin_row(model) else None
-
-
-class PluginReleaseView(PluginRowsOnly, ReleaseView):
+class PluginReleaseView(ReleaseView):
     required_role = "admin"
     column_list = ("id", "plugin", "version", "key_id", "created_at", "created_by")
     column_details_list = ("id", "plugin", "version", "key_id", "signature", "manifest", "created_at", "created_by")
@@ -62,14 +41,14 @@ class PluginReleaseView(PluginRowsOnly, ReleaseView):
     ]
     audit_target_type = "release"
 
-    def plugin_condition(self):
+    def row_condition(self):
         return Release.plugin.is_not(None)
 
-    def is_plugin_row(self, model) -> bool:
+    def in_scope(self, model) -> bool:
         return model.plugin is not None
 
 
-class PluginRolloutView(PluginRowsOnly, RolloutView):
+class PluginRolloutView(ScopedRows, RolloutView):
     column_list = ("id", "plugin", "release", "status", "progress", "targets", "paused_reason", "created_at",
                    "buttons")
     column_details_list = ("id", "plugin", "release", "status", "current_batch", "batches", "batch_size", "targets",
@@ -82,10 +61,10 @@ class PluginRolloutView(PluginRowsOnly, RolloutView):
         TextEqualFilter(Rollout.plugin, "Plugin", 128),
     ]
 
-    def plugin_condition(self):
+    def row_condition(self):
         return Rollout.kind == plugins.ROLLOUT_KIND
 
-    def is_plugin_row(self, model) -> bool:
+    def in_scope(self, model) -> bool:
         return model.kind == plugins.ROLLOUT_KIND
 
 

@@ -23,7 +23,7 @@ from ..errors import Forbidden
 from ..extensions import db
 from ..models import JOB_STATUSES, ROLLOUT_STATUSES, Job, Release, Rollout
 from . import formatters as fmt
-from .base import SecureModelView, current_role
+from .base import ScopedRows, SecureModelView, current_role
 from .filters import ChoiceFilter, InstallationFilter, TextEqualFilter, _Filter
 
 LIST_COUNT_CAP = 10_000
@@ -48,9 +48,11 @@ def pretty_manifest(view, context, model, name):
         json.dumps(model.manifest, indent=2, sort_keys=True, ensure_ascii=False))
 
 
-class ReleaseView(SecureModelView):
-    column_list = ("id", "plugin", "version", "channel", "key_id", "created_at", "created_by")
-    column_details_list = ("id", "plugin", "version", "channel", "key_id", "signature", "manifest", "created_at",
+class ReleaseView(ScopedRows, SecureModelView):
+    """Core releases (support+); plugin releases have their own admin-only screen."""
+
+    column_list = ("id", "version", "channel", "key_id", "created_at", "created_by")
+    column_details_list = ("id", "version", "channel", "key_id", "signature", "manifest", "created_at",
                            "created_by")
     column_labels = {"key_id": "Key", "created_at": "Published", "created_by": "By"}
     column_sortable_list = ("created_at",)
@@ -58,10 +60,15 @@ class ReleaseView(SecureModelView):
     column_filters = [
         TextEqualFilter(Release.version, "Version", 64),
         TextEqualFilter(Release.channel, "Channel", 64),
-        TextEqualFilter(Release.plugin, "Plugin", 128),
     ]
     column_formatters = {"created_at": fmt.timestamp, "manifest": pretty_manifest}
     audit_target_type = "release"
+
+    def row_condition(self):
+        return Release.plugin.is_(None)
+
+    def in_scope(self, model) -> bool:
+        return model.plugin is None
 
 
 # --- rollouts ------------------------------------------------------------------------------

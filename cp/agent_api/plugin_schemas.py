@@ -65,3 +65,9 @@ class PluginJobSchema(UpdateJobSchema):
 
 class PluginNextResponseSchema(Schema):
     job = fields.Nested(PluginJobSchema, allow_none=True)
+
+
+class PluginReportResponseSchema(PluginJobSchema):
+    """The reported job, and the same object under ``job`` (as for updates)."""
+
+    job = fields.Nested(PluginJobSchema, dump_only=True)

@@ -16,6 +16,7 @@ from .plugin_schemas import (
     PluginRequestsMineSchema,
 )
 from .signed import agent_endpoint
+from .update_schemas import report_response
 
 request_schema = AgentPluginRequestSchema()
 job_schema = PluginJobSchema()
@@ -117,7 +118,9 @@ def report_plugin_job(data: dict):
     post:
       tags: [agent]
       summary: in_progress, succeeded (records the installed plugin version) or failed; returns the job.
-      description: The same report twice is a no-op 200; a different status on a finished job is 409.
+      description: >-
+        As /api/updates/report - the job's fields, and the same object under `job`. The same
+        report twice is a no-op 200; a different status on a finished job is 409.
       security: [{agentSignature: []}]
       requestBody:
         required: true
@@ -128,7 +131,7 @@ def report_plugin_job(data: dict):
         200:
           content:
             application/json:
-              schema: PluginJobSchema
+              schema: PluginReportResponseSchema
         403:
           description: The job belongs to another installation.
         404:
@@ -139,6 +142,6 @@ def report_plugin_job(data: dict):
     body = load(PluginReportSchema(), data)
     job = rollouts.report_job(plugins.JOB_KIND, body["instance_id"], body["job_id"], body["status"],
                               body.get("message"))
-    out = job_schema.dump(job)
+    out = report_response(job_schema.dump(job))
     db.session.commit()
     return jsonify(out)

@@ -271,3 +271,37 @@ def test_installation_page_screenshot(session_as):
     assert stale.page.locator("h1 .badge.stale").is_visible()
     stale.goto("/?stale=true")
     assert stale.page.locator(f"tr.stale a:has-text('{STALE_ID}')").count() == 1
+
+
+def test_admin_approves_a_plugin_request(session_as, panel, db_engine):
+    """Bulk approve on the Plugin requests screen asks first, then creates the install job
+    that the agent sees as pending.plugin."""
+    import requests
+
+    from cp.agent_client import AgentClient
+    from tests.conftest import AGENT_TOKEN, TOKENS
+    from tests.test_plugins import plugin_body
+
+    resp = requests.post(panel.url + "/api/plugins/releases", json=plugin_body("payments", "2.0.0"),
+                         headers={"Authorization": f"Bearer {TOKENS['admin']}"}, timeout=10)
+    assert resp.status_code == 201, resp.text
+    agent = AgentClient(panel.url, "wonka-001", AGENT_TOKEN)
+    agent.heartbeat(version="1.2.3")
+    request_id = agent.request_plugin("payments", reason="Card payments")["id"]
+    # ops may not see the screen at all
+    ops = session_as("ops")
+    ops.goto("/admin/")
+    assert ops.page.locator("a[href*='/admin/plugin_requests/']").count() == 0
+    s = session_as("admin")
+    s.goto("/admin/plugin_requests/")
+    select_rows(s, "wonka-001")
+    run_bulk(s, "Approve")
+    assert s.dialogs and "Approve the selected pending requests" in s.dialogs[-1]
+    assert "approved" in flash(s).lower(), flash(s)
+    with db_engine.connect() as conn:
+        status, job_id = conn.execute(sa.text("SELECT status, job_id FROM plugin_requests WHERE id = :i"),
+                                      {"i": request_id}).one()
+    assert status == "approved" and job_id is not None
+    assert agent.heartbeat()["pending"]["plugin"] is True
+    job = agent.next_plugin()["job"]
+    assert (job["id"], job["plugin"], job["version"]) == (job_id, "payments", "2.0.0")
