@@ -256,6 +256,7 @@ def test_newest_release(app, client):
 
 
 def test_manifest_with_nan_is_refused(app, client):
+    """NaN is not JSON: the body is refused as such (400), before any signature check."""
     from cp.releases import sign_manifest
 
     manifest = {"version": "1.3.0", "size": float("nan")}
@@ -263,5 +264,5 @@ def test_manifest_with_nan_is_refused(app, client):
            '"manifest": {"version": "1.3.0", "size": NaN}}' % sign_manifest(KEY, manifest))
     before = snapshot(app)
     resp = client.post("/api/releases", data=raw, headers={**bearer("admin"), "Content-Type": "application/json"})
-    assert_error(resp, 422, "validation_error")
+    assert_error(resp, 400, "invalid_json")
     assert snapshot(app) == before
