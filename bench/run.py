@@ -42,6 +42,9 @@ WORKERS = 2
 THREADS = 4
 
 TARGETS = {"ratio_min": 0.60, "ratio_aim": 0.80, "p99_ms": 50.0, "read_ms": 50.0, "rollout_s": 10.0}
+# the reads the 50 ms target is about (issue 7); the others are timed for information
+TARGET_READS = ("fleet_page", "fleet_filtered_down", "installation_page", "api_installations_down",
+                "updates_next_target", "updates_next_nontarget")
 
 
 def log(msg: str) -> None:
@@ -302,8 +305,8 @@ def print_report(res: dict) -> None:
     p(f"sizing: {hb['installations_at_80pct']:,} installations at one heartbeat a minute on this host at 80% load "
       f"({hb['installations_per_core_at_80pct']:,} per core)")
     p("")
-    p(f"Server-side times (in-process, median and worst of {res['reads_repeat']} runs; target < "
-      f"{TARGETS['read_ms']:.0f} ms, rollout creation < {TARGETS['rollout_s']:.0f} s)")
+    p(f"Server-side times (in-process, median and worst of {res['reads_repeat']} runs; target: median < "
+      f"{TARGETS['read_ms']:.0f} ms for the ones marked *, rollout creation < {TARGETS['rollout_s']:.0f} s)")
     after = res.get("server_side_after_load", {})
     p(f"  {'':<28}{'before the load':>24}{'after the load':>26}")
     p(f"  {'':<28}{'median':>12}{'worst':>12}{'median':>13}{'worst':>12}")
@@ -312,7 +315,8 @@ def print_report(res: dict) -> None:
             extra = f"  targets={t['targets']:,} batches={t['batches']}" if "targets" in t else ""
             later = after.get(name)
             later_txt = f"{later['p50_ms']:>10.2f} ms{later['max_ms']:>9.2f} ms" if later else f"{'-':>25}"
-            p(f"  {name:<28}{t['p50_ms']:>9.2f} ms{t['max_ms']:>9.2f} ms{later_txt}{extra}")
+            mark = "*" if name in TARGET_READS or name == "rollout_create" else " "
+            p(f"{mark} {name:<28}{t['p50_ms']:>9.2f} ms{t['max_ms']:>9.2f} ms{later_txt}{extra}")
         else:
             p(f"  {name:<28}{t}")
     p("")
@@ -482,8 +486,9 @@ def main(argv: list[str] | None = None) -> int:
             "paced_cpu_cores": round(max(paced[k]["generator_cores"] for k in paced), 2),
         }
         after = res.get("server_side_after_load", {})
-        reads = {k: v for k, v in res["server_side"].items() if "p50_ms" in v and k != "rollout_create"}
-        reads.update({k: v for k, v in after.items() if v["p50_ms"] > reads.get(k, {}).get("p50_ms", 0)})
+        reads = {k: v for k, v in res["server_side"].items() if k in TARGET_READS}
+        reads.update({k: v for k, v in after.items()
+                      if k in TARGET_READS and v["p50_ms"] > reads.get(k, {}).get("p50_ms", 0)})
         met = {
             "throughput_ratio_60pct": res["heartbeats"]["ratio"] >= TARGETS["ratio_min"],
             "p99_under_50ms": (res["heartbeats"]["service_p99_ms"] < TARGETS["p99_ms"]

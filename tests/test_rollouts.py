@@ -492,8 +492,8 @@ def test_admin_screens(app, client, agent, setup, login_as):
     assert "&#34;version&#34;: &#34;1.3.0&#34;" in html or "&quot;version&quot;: &quot;1.3.0&quot;" in html
     assert "<b>bold</b>" not in html  # manifest text is escaped
     assert client.get("/admin/jobs/?flt0_0=pending").status_code == 200
-    assert client.get(f"/admin/jobs/").status_code == 200
-    assert client.get(f"/admin/releases/").status_code == 200
+    assert client.get("/admin/jobs/").status_code == 200
+    assert client.get("/admin/releases/").status_code == 200
     assert rid
 
 
