@@ -418,8 +418,3 @@ def _pending_statement():
                    due.c.id, due.c.backup_id, due.c.scheduled_for)
             .select_from(one.outerjoin(due, true()))
             .order_by(due.c.scheduled_for, due.c.id))
-
-
-def installation_id_for(instance_id: str) -> int | None:
-    return db.session.execute(select(inst.c.id).where(inst.c.instance_id == instance_id)).scalar()
-

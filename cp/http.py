@@ -92,7 +92,3 @@ def load_json(schema: Schema, *, allow_empty: bool = False) -> dict:
 def load_args(schema: Schema) -> dict:
     """Validate query-string arguments with ``schema`` (unknown ones are ignored)."""
     return load(schema, request.args.to_dict())
-
-
-def page(query_total: int, items: list) -> dict:
-    return {"items": items, "total": query_total}

@@ -115,10 +115,6 @@ def agent_key(instance_id: str | None) -> str:
     return f"agent:{instance_id}" if instance_id else f"agent-addr:{client_address()}"
 
 
-def check_agent_rate(instance_id: str | None) -> None:
-    hit(agent_key(instance_id), _settings().agent_rate_limit, "agent requests")
-
-
 def count_agent_request(key: str) -> None:
     """The agent hot path (``cp.agent_api.signed``): count one request for ``key`` in the
     request's own transaction (no connection and no commit of its own: one statement instead of
