@@ -67,6 +67,16 @@ def _float_pos(value: str) -> float:
     return f
 
 
+def _float_min(minimum: float) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        f = float(value)
+        if not f >= minimum or f == float("inf"):
+            raise ValueError(f"must be a finite number >= {minimum:g}")
+        return f
+
+    return parse
+
+
 def _agent_secrets(value: str) -> dict[str, str]:
     if value.strip() == "":
         return {}
@@ -148,11 +158,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Production: `postgresql+psycopg://user:pass@host/db`."),
     Setting("CONTROL_PLANE_DB_POOL_SIZE", "db_pool_size", "5", _int_min(1),
             "Connections kept per process (PostgreSQL)."),
-    Setting("CONTROL_PLANE_DB_PRE_PING", "db_pre_ping", "1", _bool,
-            "`1`: test each pooled connection with a round trip before a request uses it (survives a "
-            "database restart without a failed request). `0` saves that round trip on every request; "
-            "after a database restart each process then answers one request with 503 and reconnects "
-            "(see docs/performance.md)."),
+    Setting("CONTROL_PLANE_DB_PING_IDLE_SECONDS", "db_ping_idle_seconds", "1", _float_min(0),
+            "A pooled connection that has sat idle longer than this is tested with a round trip "
+            "before a request uses it, so a database restart or an idle timeout in between costs no "
+            "failed request. A busy process reuses its connections within milliseconds and skips the "
+            "test; if the database restarts under load, each process answers one request with 503 "
+            "and reconnects. `0`: test before every request (one more round trip each)."),
     Setting("CONTROL_PLANE_SECRET_KEY", "secret_key", "", _str,
             "Signs session cookies and CSRF tokens. Unset: a random key is generated once and "
             "kept in `instance/secret_key` (mode 0600), shared by the processes of one host; "

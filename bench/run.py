@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-reads", action="store_true", help="skip the server-side page/API times")
     ap.add_argument("--reads-only", action="store_true", help="only seed and time the pages/API calls (no load)")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                    help="an extra setting for the service (repeatable), e.g. CONTROL_PLANE_DB_PRE_PING=1")
+                    help="an extra setting for the service (repeatable), e.g. CONTROL_PLANE_DB_PING_IDLE_SECONDS=0")
     ap.add_argument("--keep-db", action="store_true", help="do not drop the bench database at the end")
     ap.add_argument("--hold", action="store_true", help="after the warm-up, keep the servers up until Ctrl-C "
                     "(for profiling with py-spy); no measurement")

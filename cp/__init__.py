@@ -26,11 +26,12 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app = Flask(__name__, instance_path=env.get("CONTROL_PLANE_INSTANCE_PATH") or None)
     _configure(app, settings)
 
-    from . import admin, agent_api, api, auth, cli, errors, logs, metrics, ops, security, views
+    from . import admin, agent_api, api, auth, cli, dbutil, errors, logs, metrics, ops, security, views
     from .extensions import csrf, db, migrate
 
     logs.init_app(app)
     db.init_app(app)
+    dbutil.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
     csrf.init_app(app)
     errors.init_app(app)
@@ -49,11 +50,10 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
 def _configure(app: Flask, settings: Settings) -> None:
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     url = settings.database_url or f"sqlite:///{Path(app.instance_path) / 'control-plane.db'}"
-    engine_options: dict = {"pool_pre_ping": settings.db_pre_ping}
     if url.startswith("sqlite"):
-        engine_options = {"connect_args": {"timeout": 30}}
-    else:
-        engine_options.update(pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size * 2,
+        engine_options: dict = {"connect_args": {"timeout": 30}}
+    else:  # liveness: ``cp.dbutil.ping_idle_connections`` (not ``pool_pre_ping``)
+        engine_options = dict(pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size * 2,
                               pool_recycle=1800)
     app.config.update(
         CP_SETTINGS=settings,

@@ -1,6 +1,10 @@
-"""Small helpers for statements that differ between PostgreSQL and SQLite."""
+"""Small helpers for statements that differ between PostgreSQL and SQLite, and the pool's
+liveness test."""
 from __future__ import annotations
 
+import time
+
+from sqlalchemy import event, exc
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .extensions import db
@@ -19,3 +23,37 @@ def insert(table):
 
 def is_postgres() -> bool:
     return dialect_name() == "postgresql"
+
+
+def ping_idle_connections(engine, idle_seconds: float) -> None:
+    """Test a pooled connection with a round trip before it is reused, only when it has sat idle
+    for more than ``idle_seconds`` (``CONTROL_PLANE_DB_PING_IDLE_SECONDS``; 0: every time).
+
+    SQLAlchemy's ``pool_pre_ping`` pings on every checkout: one more round trip per request. A
+    connection reused within a second of its last use is almost never dead, and if it is (the
+    database restarted under load), the failed statement invalidates the whole pool, so each
+    process loses one request, answered 503. A dead connection found here is replaced before the
+    request sees it (the pool retries the checkout with a new one).
+    """
+    @event.listens_for(engine, "checkin")
+    def _checked_in(dbapi_connection, record) -> None:
+        record.info["cp_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection, record, proxy) -> None:
+        since = record.info.pop("cp_idle_since", None)
+        if since is not None and time.monotonic() - since <= idle_seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            if engine.dialect.is_disconnect(error, dbapi_connection, None):
+                raise exc.DisconnectionError(str(error)) from error  # the pool takes a new connection
+            raise
+
+
+def init_app(app) -> None:
+    with app.app_context():
+        engine = db.engine
+    if engine.dialect.name != "sqlite":  # an embedded file has no connection to lose
+        ping_idle_connections(engine, app.config["CP_SETTINGS"].db_ping_idle_seconds)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import joinedload
 
 from .errors import NotFound
 from .extensions import db
-from .models import Alert, Installation, InstallationEvent, InstallationPlugin, JobFailure
+from .models import Alert, Installation, InstallationEvent, InstallationPlugin, InstallationSearch, JobFailure
 from .timeutil import utcnow
 
 SORTS = {
@@ -43,15 +43,23 @@ def _like(q: str) -> str:
     return f"%{escaped}%"
 
 
+def installation_ids_matching(q: str) -> Select:
+    """Ids of the installations whose instance id, client or domain contains ``q``
+    (case-insensitive). Read from ``installation_search`` (kept by triggers, migration 0008),
+    whose trigram GIN indexes answer the ILIKE on PostgreSQL (a BitmapOr of the three)."""
+    pattern = _like(q.strip())
+    return select(InstallationSearch.installation_id).where(or_(
+        InstallationSearch.instance_id.ilike(pattern, escape="\\"),
+        InstallationSearch.client.ilike(pattern, escape="\\"),
+        InstallationSearch.domain.ilike(pattern, escape="\\")))
+
+
 def installation_filters(*, q: str | None = None, health: str | None = None, release_channel: str | None = None,
                          version: str | None = None, stale: bool | None = None, plugin: str | None = None,
                          plugin_version: str | None = None, now: datetime | None = None) -> list:
     conds: list = []
     if q:
-        pattern = _like(q.strip())
-        conds.append(or_(Installation.instance_id.ilike(pattern, escape="\\"),
-                         Installation.client.ilike(pattern, escape="\\"),
-                         Installation.domain.ilike(pattern, escape="\\")))
+        conds.append(Installation.id.in_(installation_ids_matching(q)))
     if health:
         conds.append(Installation.health == health)
     if release_channel:

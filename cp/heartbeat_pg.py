@@ -18,7 +18,7 @@ writes what was decided, in as few statements as PostgreSQL allows:
    with the number of items: PostgreSQL parses and plans it once per connection (psycopg
    prepares it), and it is one statement whatever a heartbeat carries.
 
-The SQL is sent with ``Connection.exec_driver_sql`` (no statement compilation per request);
+The SQL is sent through ``cp.fastsql.Raw`` (no statement compilation or result object per request);
 SQLAlchemy's cursor events still see it (``tests/test_heartbeat_statements.py`` counts them).
 Any other backend runs the portable statements of ``cp.heartbeats`` instead.
 """
@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import NamedTuple
 
+from . import fastsql
 from .models import HEARTBEAT_MANAGED_SOURCES
 from .timeutil import as_utc
 
@@ -36,7 +38,8 @@ SCALAR_CASTS = {
     "slo_p95_ms": "float8", "slo_error_rate": "float8", "slo_webhook_retry_rate": "float8",
 }
 
-OLD_COLUMNS = "id, " + ", ".join(SCALAR_CASTS)
+OLD_NAMES = ("id", *SCALAR_CASTS)
+OLD_COLUMNS = ", ".join(OLD_NAMES)
 # a field the heartbeat carries overwrites the stored one; an absent one (NULL) keeps it
 SET_FIELDS = (", ".join(f"{k} = COALESCE(%({k})s::{t}, i.{k})" for k, t in SCALAR_CASTS.items())
               + ", last_seen_at = %(now)s, heartbeats_total = i.heartbeats_total + 1")
@@ -105,38 +108,56 @@ RESULT_WITH_PENDING = RESULT + """UNION ALL
 SELECT 'pending', p.rv_id, NULL, p.p_update::varchar, p.p_plugin::varchar, p.backup_id, p.scheduled_for, NULL
 FROM pending AS p
 """
-_with_pending: dict[str, str] = {}
+_with_pending: dict[str | None, fastsql.Raw] = {}
 
 
-def _apply_sql(pending_sql: str | None) -> str:
-    if pending_sql is None:
-        return APPLY + RESULT
-    sql = _with_pending.get(pending_sql)
-    if sql is None:
-        sql = _with_pending[pending_sql] = (
+def _apply_sql(pending_sql: str | None) -> fastsql.Raw:
+    stmt = _with_pending.get(pending_sql)
+    if stmt is None:
+        sql = APPLY + RESULT if pending_sql is None else (
             APPLY + ", pending (p_update, p_plugin, rv_id, backup_id, scheduled_for) AS (\n" + pending_sql + "\n)"
             + RESULT_WITH_PENDING)
-    return sql
+        stmt = _with_pending[pending_sql] = fastsql.Raw(sql)
+    return stmt
 
 MANAGED = list(HEARTBEAT_MANAGED_SOURCES)
-_count_and_lock: dict[str, str] = {}
+
+
+class Swept(NamedTuple):
+    id: int
+    fingerprint: str
+    level: str
+    source: str
+    message: str
+    opened_at: datetime
+    resolved_at: datetime | None
+
+
+class Opened(NamedTuple):
+    id: int
+    fingerprint: str
+_count_and_lock: dict[str, fastsql.Raw] = {}
 
 
 def count_and_lock(conn, count_sql: str, count_params: dict, instance_id: str) -> tuple[int, dict | None]:
     """Statement 1 from the gate: ``count_sql`` (the rate-limit upsert ``RETURNING count``) and
     the installation locked: ``(count, old values or None for an unknown installation)``."""
-    sql = _count_and_lock.get(count_sql)
-    if sql is None:
-        sql = _count_and_lock[count_sql] = (
+    stmt = _count_and_lock.get(count_sql)
+    if stmt is None:
+        stmt = _count_and_lock[count_sql] = fastsql.Raw(
             "WITH hit AS (" + count_sql + "), inst AS (" + LOCK + ")"
             " SELECT hit.count AS hit_count, inst.* FROM hit LEFT JOIN inst ON true")
-    row = conn.exec_driver_sql(sql, {**count_params, "lock_instance_id": instance_id}).one()
-    if row.id is None:
-        return row.hit_count, None
-    old = dict(row._mapping)
-    del old["hit_count"]
+    row = stmt.rows(conn, {**count_params, "lock_instance_id": instance_id})[0]
+    return row[0], _old(row[1:])
+
+
+def _old(row: tuple) -> dict | None:
+    """``OLD_COLUMNS`` as a dict (None for a missing installation)."""
+    if row[0] is None:
+        return None
+    old = dict(zip(OLD_NAMES, row))
     old["last_backup_at"] = as_utc(old["last_backup_at"])
-    return row.hit_count, old
+    return old
 
 
 def touch(conn, instance_id: str, provided: dict, now: datetime) -> dict | None:
@@ -144,12 +165,8 @@ def touch(conn, instance_id: str, provided: dict, now: datetime) -> dict | None:
     it is unknown (nothing written then)."""
     params = {k: provided.get(k) for k in SCALAR_CASTS}
     params.update(lock_instance_id=instance_id, now=now)
-    row = conn.exec_driver_sql(TOUCH, params).first()
-    if row is None:
-        return None
-    old = dict(row._mapping)
-    old["last_backup_at"] = as_utc(old["last_backup_at"])
-    return old
+    rows = fastsql.raw(TOUCH).rows(conn, params)
+    return _old(rows[0]) if rows else None
 
 
 def apply(conn, installation_id: int, now: datetime, *, sweep: bool, desired: list, keep: list,
@@ -166,7 +183,7 @@ def apply(conn, installation_id: int, now: datetime, *, sweep: bool, desired: li
     if clash:
         raise ValueError(f"pending statement parameters clash with APPLY's: {sorted(clash)}")
     fields = {k: (touch or {}).get(k) for k in SCALAR_CASTS}
-    rows = conn.exec_driver_sql(_apply_sql(pending_sql), {**pending_params, **fields, "touch": touch is not None, 
+    rows = _apply_sql(pending_sql).rows(conn, {**pending_params, **fields, "touch": touch is not None, 
         "installation_id": installation_id, "now": now, "sweep": sweep, "managed": MANAGED,
         "desired": json.dumps([{"fingerprint": d.fingerprint, "level": d.level, "source": d.source,
                                 "message": d.message} for d in desired]),
@@ -177,13 +194,13 @@ def apply(conn, installation_id: int, now: datetime, *, sweep: bool, desired: li
         "has_slo": slo is not None, "bucket": bucket,
         "slo_p95_ms": (slo or {}).get("slo_p95_ms"), "slo_error_rate": (slo or {}).get("slo_error_rate"),
         "slo_webhook_retry_rate": (slo or {}).get("slo_webhook_retry_rate"),
-    }).all()
-    swept = [r for r in rows if r.kind == "swept"]
-    opened = [r for r in rows if r.kind == "opened"]
+    })
+    swept = [Swept(*r[1:]) for r in rows if r[0] == "swept"]
+    opened = [Opened(r[1], r[2]) for r in rows if r[0] == "opened"]
     if pending is None:
         return swept, opened, None
-    waiting = [(r.level == "true", r.source == "true", r.id, r.message, r.opened_at)
-               for r in rows if r.kind == "pending"]
+    # kind, id, fingerprint, level, source, message, opened_at, resolved_at
+    waiting = [(r[3] == "true", r[4] == "true", r[1], r[5], r[6]) for r in rows if r[0] == "pending"]
     if len(waiting) > 1:  # due verifications, oldest first (as the pending statement orders them)
         waiting.sort(key=lambda r: (r[4], r[2]))
     return swept, opened, waiting

@@ -95,16 +95,43 @@ class Installation(db.Model):
         Index("ix_installations_health", "health", "last_seen_at"),
         Index("ix_installations_channel", "release_channel", "last_seen_at"),
         Index("ix_installations_version", "version", "last_seen_at"),
-        # the fleet search (?q=: substring, case-insensitive) on PostgreSQL: trigram GIN indexes
-        # (pg_trgm, migration 0007), without GIN's pending list: every heartbeat rewrites the row,
-        # and a search would have to scan that list; on SQLite these are plain indexes
-        *(Index(f"ix_installations_{col}_trgm", col, postgresql_using="gin", postgresql_ops={col: "gin_trgm_ops"},
-                postgresql_with={"fastupdate": "off"})
-          for col in ("instance_id", "client", "domain")),
+        # No index for the fleet search (?q=) here: every heartbeat updates last_seen_at, an
+        # indexed column, so each update is non-HOT and inserts into every index of this table.
+        # The search's trigram indexes live on ``installation_search`` (migration 0008).
     )
 
     def __str__(self) -> str:
         return self.instance_id
+
+
+SEARCH_COLUMNS = ("instance_id", "client", "domain")
+
+
+class InstallationSearch(db.Model):
+    """What the fleet search (``?q=``) reads: instance id, client and domain of each installation.
+
+    Kept off ``installations`` so the heartbeat's row updates do not pay for the trigram
+    indexes. Written only by database triggers on ``installations`` (migration 0008): a row when
+    an installation is inserted, and again when its client or domain (or instance id) actually
+    changes; deleted with the installation (``ON DELETE CASCADE``). Never write it from the
+    application.
+    """
+
+    __tablename__ = "installation_search"
+
+    installation_id: Mapped[int] = mapped_column(ForeignKey("installations.id", ondelete="CASCADE"),
+                                                 primary_key=True)
+    instance_id: Mapped[str] = mapped_column(String(128))
+    client: Mapped[Optional[str]] = mapped_column(String(255))
+    domain: Mapped[Optional[str]] = mapped_column(String(255))
+
+    __table_args__ = (
+        # substring, case-insensitive (ILIKE '%...%'): pg_trgm GIN indexes on PostgreSQL, with
+        # GIN's default pending list (the table is written rarely); plain indexes on SQLite
+        *(Index(f"ix_installation_search_{col}_trgm", col, postgresql_using="gin",
+                postgresql_ops={col: "gin_trgm_ops"})
+          for col in SEARCH_COLUMNS),
+    )
 
 
 class Alert(db.Model):

@@ -1,4 +1,9 @@
 """The schema comes only from Alembic: one head, and the models match what the migrations build."""
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -41,3 +46,84 @@ def test_app_factory_does_not_create_tables(make_app, tmp_path):
     with app.app_context():
         app.test_client().get("/healthz")
         assert sa.inspect(db.engine).get_table_names() == []
+
+
+# --- 0008: the search side table, its backfill and triggers, and its downgrade ----------------
+@pytest.fixture
+def fresh_database_url(migrated, tmp_path):
+    """An empty database on the test backend (a new PostgreSQL database, or a SQLite file)."""
+    if not migrated.startswith("postgresql"):
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    url = sa.engine.make_url(migrated)
+    name = f"cp_test_mig_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield url.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _installation_row(conn, i: int, client: str | None, domain: str | None) -> None:
+    conn.execute(sa.text(
+        "INSERT INTO installations (id, instance_id, client, domain, first_seen_at, last_seen_at, heartbeats_total)"
+        " VALUES (:id, :iid, :client, :domain, :now, :now, 1)"),
+        {"id": i, "iid": f"inst-{i:03d}", "client": client, "domain": domain,
+         "now": datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)})
+
+
+def _search_rows(conn) -> list[tuple]:
+    return [tuple(r) for r in conn.execute(sa.text(
+        "SELECT installation_id, instance_id, client, domain FROM installation_search ORDER BY installation_id"))]
+
+
+def _triggers(conn) -> set[str]:
+    if conn.dialect.name == "postgresql":
+        sql = "SELECT tgname FROM pg_trigger WHERE tgrelid = 'installations'::regclass AND NOT tgisinternal"
+    else:
+        sql = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'installations'"
+    return {r[0] for r in conn.execute(sa.text(sql))}
+
+
+def test_0008_backfills_keeps_in_step_and_downgrades(make_app, fresh_database_url):
+    from flask_migrate import downgrade, upgrade
+
+    trgm = {f"ix_installations_{c}_trgm" for c in ("instance_id", "client", "domain")}
+    side_trgm = {f"ix_installation_search_{c}_trgm" for c in ("instance_id", "client", "domain")}
+    triggers = {"installation_search_on_insert", "installation_search_on_update"}
+    app = make_app(CONTROL_PLANE_DATABASE_URL=fresh_database_url)
+    with app.app_context():
+        upgrade(revision="0007")
+        with db.engine.begin() as conn:
+            _installation_row(conn, 1, "Acme SA", "acme.com")
+            _installation_row(conn, 2, None, None)
+
+        upgrade()  # 0008: backfill, triggers, the indexes move
+        with db.engine.begin() as conn:
+            assert _search_rows(conn) == [(1, "inst-001", "Acme SA", "acme.com"), (2, "inst-002", None, None)]
+            assert _triggers(conn) == triggers
+            _installation_row(conn, 3, "Globex", "globex.io")
+            conn.execute(sa.text("UPDATE installations SET domain = 'acme.org', last_seen_at = last_seen_at"
+                                 " WHERE id = 1"))
+            conn.execute(sa.text("DELETE FROM installations WHERE id = 2"))
+            assert _search_rows(conn) == [(1, "inst-001", "Acme SA", "acme.org"), (3, "inst-003", "Globex", "globex.io")]
+        inspector = sa.inspect(db.engine)
+        assert not trgm & {ix["name"] for ix in inspector.get_indexes("installations")}
+        assert side_trgm <= {ix["name"] for ix in inspector.get_indexes("installation_search")}
+
+        downgrade(revision="0007")
+        inspector = sa.inspect(db.engine)
+        assert "installation_search" not in inspector.get_table_names()
+        assert trgm <= {ix["name"] for ix in inspector.get_indexes("installations")}
+        with db.engine.begin() as conn:
+            assert _triggers(conn) == set()
+            if conn.dialect.name == "postgresql":
+                assert conn.execute(sa.text("SELECT to_regprocedure('installation_search_sync()')")).scalar() is None
+            _installation_row(conn, 4, "Initech", "initech.net")  # no trigger, no side table: still fine
+
+        upgrade()  # and up again: the row written at 0007 is backfilled
+        with db.engine.begin() as conn:
+            assert [r[0] for r in _search_rows(conn)] == [1, 3, 4]
+        db.engine.dispose()

@@ -2,7 +2,7 @@
 
 Built for fleet scale (100,000 installations, a million alerts): every list is paginated in
 SQL, sorted only on indexed columns, filtered with the indexed conditions of
-``cp.admin.filters``, searched through a sub-select on installations (instance id, client,
+``cp.admin.filters``, searched through a sub-select on ``installation_search`` (instance id, client,
 domain; never a join on the big table), the installation of each row is eager-loaded with the
 page (no N+1), and the alert/failure totals stop counting at ``count_cap``.
 
@@ -53,7 +53,7 @@ def installation_search(term: str):
 
 
 def installation_ids_matching(term: str):
-    return select(Installation.id).where(installation_search(term))
+    return fleet.installation_ids_matching(term)
 
 
 class InstallationView(SecureModelView):
