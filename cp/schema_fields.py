@@ -11,11 +11,15 @@ from .timeutil import isoformat
 class UTCDateTime(fields.DateTime):
     """Dumps ``2026-02-11T02:00:00Z``; loads ISO 8601 with an offset only."""
 
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self._aware = fields.AwareDateTime()
+
     def _serialize(self, value, attr, obj, **kwargs):
         return isoformat(value)
 
     def _deserialize(self, value, attr, data, **kwargs):
-        return fields.AwareDateTime()._deserialize(value, attr, data, **kwargs)
+        return self._aware._deserialize(value, attr, data, **kwargs)
 
 
 class StrictFloat(fields.Float):

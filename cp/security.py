@@ -24,6 +24,7 @@ import secrets
 from datetime import timedelta
 
 from flask import current_app, g, request
+from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy import delete, select
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import IntegerConverter
@@ -149,7 +150,18 @@ class DbIntConverter(IntegerConverter):
         super().__init__(map, *args, **kwargs)
 
 
+class CookieSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, without building a signing serializer for the requests
+    that carry no session cookie (every agent request and API call with a bearer token)."""
+
+    def open_session(self, app, request):
+        if self.get_cookie_name(app) not in request.cookies:
+            return self.session_class()
+        return super().open_session(app, request)
+
+
 def init_app(app) -> None:
+    app.session_interface = CookieSessionInterface()
     # before any blueprint adds its rules: converters are bound when a rule is added
     app.url_map.converters["int"] = DbIntConverter
     app.after_request(_set_headers)
