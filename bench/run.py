@@ -501,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
         res["targets_met"] = met
         res["total_s"] = round(time.monotonic() - started, 1)
     finally:
+        # a second Ctrl-C (or a wrapper forwarding one) must not leave servers or the database behind
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for s in servers:
             s.stop()
         if a.keep_db:

@@ -80,14 +80,6 @@ def run(conn, stmt, params: dict):
     return conn.exec_driver_sql(sql, {**fixed, **params})
 
 
-def rows(conn, stmt, params: dict) -> list[tuple]:
-    """``run(conn, stmt, params)``'s rows as tuples, the fastest way the backend allows."""
-    if conn.dialect.name != "postgresql":
-        return [tuple(r) for r in conn.execute(stmt, params)]
-    sql, fixed = expanded(stmt, conn.dialect, params)
-    return raw(sql).rows(conn, {**fixed, **params})
-
-
 def expanded(stmt, dialect, params: dict) -> tuple[str, dict]:
     """``stmt`` as ``(SQL with %(name)s placeholders, its constant parameters)``, compiled once.
     The named parameters of ``params`` stay placeholders; the statement's constants (``kind =
