@@ -1,17 +1,21 @@
 """Helpers shared by the release and rollout tests (a fixed signing key, signed bodies,
-publishing, rolling out, counting rows)."""
+publishing, rolling out, counting rows), and by the concurrency tests against a live gunicorn
+(the ``server`` fixture, agents, a thread pool)."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import func, select
 
+from cp.agent_client import AgentClient
 from cp.extensions import db
 from cp.models import Alert, Installation, InstallationEvent, Job, Release, Rollout
 from cp.releases import public_key_b64, sign_manifest
-from tests.conftest import base_env, bearer
+from tests.conftest import AGENT_TOKEN, LiveServer, base_env, bearer
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 OTHER_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
@@ -97,3 +101,36 @@ def snapshot(app) -> dict:
             select(Installation.instance_id, Installation.version).order_by(Installation.id))]
         db.session.remove()
     return counts
+
+
+# --- concurrency against a live gunicorn (PostgreSQL) ---------------------------------------------
+THREADS = 32
+
+
+@pytest.fixture
+def server(postgres_only, env, app):
+    """Four gunicorn workers; warnings only (hundreds of requests would otherwise fill its log)."""
+    s = LiveServer({**env, "CONTROL_PLANE_LOG_LEVEL": "WARNING"}, workers=4).start()
+    yield s
+    s.stop()
+
+
+def agent_for(server, iid: str) -> AgentClient:
+    # no timestamp: identical concurrent bodies must not be refused as replays
+    return AgentClient(server.url, iid, AGENT_TOKEN, timestamp=False, timeout=60)
+
+
+def parallel(fn, args, threads: int = THREADS) -> list:
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(fn, args))
+
+
+def admin_post(server, path: str, body: dict | None = None) -> requests.Response:
+    return requests.post(server.url + path, json=body or {}, headers=bearer("admin"), timeout=60)
+
+
+def query(app, stmt):
+    with app.app_context():
+        rows = db.session.execute(stmt).all()
+        db.session.remove()
+    return rows

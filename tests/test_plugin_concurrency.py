@@ -5,50 +5,16 @@ one decision per request, one open rollout per plugin."""
 from __future__ import annotations
 
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import requests
 from sqlalchemy import func, select
 
-from cp.agent_client import AgentClient
-from cp.extensions import db
 from cp.models import Installation, InstallationPlugin, Job, PluginRequest, Rollout
-from tests.conftest import AGENT_TOKEN, LiveServer, bearer
-from tests.rollout_helpers import beat, env  # noqa: F401  (env is a fixture)
+from tests.conftest import bearer
+from tests.rollout_helpers import admin_post, agent_for, beat, env, parallel, query, server  # noqa: F401  (fixtures)
 from tests.test_plugins import ask_ok, publish_plugin
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.live]
-
-THREADS = 32
-
-
-@pytest.fixture
-def server(postgres_only, env, app):
-    s = LiveServer({**env, "CONTROL_PLANE_LOG_LEVEL": "WARNING"}, workers=4).start()
-    yield s
-    s.stop()
-
-
-def agent_for(server, iid: str) -> AgentClient:
-    # no timestamp: identical concurrent bodies must not be refused as replays
-    return AgentClient(server.url, iid, AGENT_TOKEN, timestamp=False, timeout=60)
-
-
-def parallel(fn, args, threads: int = THREADS) -> list:
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(fn, args))
-
-
-def admin_post(server, path: str, body: dict | None = None) -> requests.Response:
-    return requests.post(server.url + path, json=body or {}, headers=bearer("admin"), timeout=60)
-
-
-def query(app, stmt):
-    with app.app_context():
-        rows = db.session.execute(stmt).all()
-        db.session.remove()
-    return rows
 
 
 def shops(agent, n: int) -> list[str]:

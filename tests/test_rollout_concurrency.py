@@ -7,26 +7,24 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import requests
 from sqlalchemy import func, select
 
-from cp.agent_client import AgentClient
-from cp.extensions import db
 from cp.models import Alert, Installation, InstallationEvent, Job, Rollout
-from tests.conftest import AGENT_TOKEN, LiveServer, bearer
-from tests.rollout_helpers import beat, env, publish, release_body  # noqa: F401  (env is a fixture)
+from tests.conftest import bearer
+from tests.rollout_helpers import (  # noqa: F401  (env and server are fixtures)
+    THREADS,
+    admin_post,
+    agent_for,
+    beat,
+    env,
+    parallel,
+    publish,
+    query,
+    release_body,
+    server,
+)
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.live]
-
-THREADS = 32
-
-
-@pytest.fixture
-def server(postgres_only, env, app):
-    # four workers; warnings only (hundreds of requests would otherwise fill its log)
-    s = LiveServer({**env, "CONTROL_PLANE_LOG_LEVEL": "WARNING"}, workers=4).start()
-    yield s
-    s.stop()
 
 
 def install_fleet(agent, client, n: int, channel: str = "conc", version: str = "1.3.0") -> list[str]:
@@ -35,27 +33,6 @@ def install_fleet(agent, client, n: int, channel: str = "conc", version: str = "
         beat(agent, iid, "1.2.0", channel)
     publish(client, version, channel)
     return ids
-
-
-def agent_for(server, iid: str) -> AgentClient:
-    # no timestamp: identical concurrent bodies must not be refused as replays
-    return AgentClient(server.url, iid, AGENT_TOKEN, timestamp=False, timeout=60)
-
-
-def parallel(fn, args, threads: int = THREADS) -> list:
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(fn, args))
-
-
-def admin_post(server, path: str, body: dict | None = None) -> requests.Response:
-    return requests.post(server.url + path, json=body or {}, headers=bearer("admin"), timeout=60)
-
-
-def query(app, stmt):
-    with app.app_context():
-        rows = db.session.execute(stmt).all()
-        db.session.remove()
-    return rows
 
 
 def test_each_job_is_handed_out_once_and_no_report_is_lost(app, client, agent, server):
