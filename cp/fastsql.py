@@ -61,17 +61,6 @@ class Raw:
             cursor.close()
 
 
-_raw: dict[str, Raw] = {}
-
-
-def raw(sql: str) -> Raw:
-    """``Raw(sql)``, built once per SQL text."""
-    stmt = _raw.get(sql)
-    if stmt is None:
-        stmt = _raw[sql] = Raw(sql)
-    return stmt
-
-
 def run(conn, stmt, params: dict):
     """Execute ``stmt`` with ``params`` (a dict of its named bind parameters)."""
     if conn.dialect.name != "postgresql":

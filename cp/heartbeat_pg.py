@@ -108,6 +108,7 @@ RESULT_WITH_PENDING = RESULT + """UNION ALL
 SELECT 'pending', p.rv_id, NULL, p.p_update::varchar, p.p_plugin::varchar, p.backup_id, p.scheduled_for, NULL
 FROM pending AS p
 """
+TOUCH_STATEMENT = fastsql.Raw(TOUCH)
 _with_pending: dict[str | None, fastsql.Raw] = {}
 
 
@@ -119,6 +120,7 @@ def _apply_sql(pending_sql: str | None) -> fastsql.Raw:
             + RESULT_WITH_PENDING)
         stmt = _with_pending[pending_sql] = fastsql.Raw(sql)
     return stmt
+
 
 MANAGED = list(HEARTBEAT_MANAGED_SOURCES)
 
@@ -136,6 +138,8 @@ class Swept(NamedTuple):
 class Opened(NamedTuple):
     id: int
     fingerprint: str
+
+
 _count_and_lock: dict[str, fastsql.Raw] = {}
 
 
@@ -165,7 +169,7 @@ def touch(conn, instance_id: str, provided: dict, now: datetime) -> dict | None:
     it is unknown (nothing written then)."""
     params = {k: provided.get(k) for k in SCALAR_CASTS}
     params.update(lock_instance_id=instance_id, now=now)
-    rows = fastsql.raw(TOUCH).rows(conn, params)
+    rows = TOUCH_STATEMENT.rows(conn, params)
     return _old(rows[0]) if rows else None
 
 

@@ -14,10 +14,6 @@ def test_named_placeholders_become_numbered_ones_in_order_of_first_use():
     assert stmt.names == ("b", "a")
 
 
-def test_raw_is_built_once_per_sql_text():
-    assert fastsql.raw("SELECT %(x)s") is fastsql.raw("SELECT %(x)s")
-
-
 @pytest.fixture
 def pg_conn(postgres_only, app):
     with app.app_context():

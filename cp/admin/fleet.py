@@ -47,15 +47,6 @@ from .filters import (
 LIST_COUNT_CAP = 10_000
 
 
-def installation_search(term: str):
-    """instance id, client or domain contains ``term`` (the same rule as ``/`` and the API)."""
-    return fleet.installation_filters(q=term)[0]
-
-
-def installation_ids_matching(term: str):
-    return fleet.installation_ids_matching(term)
-
-
 class InstallationView(SecureModelView):
     column_list = ("instance_id", "client", "domain", "health", "version", "release_channel", "backup_status",
                    "last_seen_at", "open_alerts")
@@ -103,7 +94,8 @@ class InstallationView(SecureModelView):
         return fmt.ts(inst.last_seen_at)
 
     def search_condition(self, term: str):
-        return installation_search(term)
+        # instance id, client or domain contains ``term``: the same rule as ``/`` and the API
+        return Installation.id.in_(fleet.installation_ids_matching(term))
 
     def get_list(self, *args, **kwargs):
         count, data = super().get_list(*args, **kwargs)
@@ -186,7 +178,7 @@ class AlertView(SecureModelView):
     action_roles = {"acknowledge": "ops", "resolve": "ops"}
 
     def search_condition(self, term: str):
-        return Alert.installation_id.in_(installation_ids_matching(term))
+        return Alert.installation_id.in_(fleet.installation_ids_matching(term))
 
     @action("acknowledge", "Acknowledge")
     def action_acknowledge(self, ids):
@@ -228,7 +220,7 @@ class JobFailureView(SecureModelView):
     action_roles = {"resolve": "ops"}
 
     def search_condition(self, term: str):
-        return JobFailure.installation_id.in_(installation_ids_matching(term))
+        return JobFailure.installation_id.in_(fleet.installation_ids_matching(term))
 
     @action("resolve", "Resolve", "Resolve the selected job failures?")
     def action_resolve(self, ids):
