@@ -64,18 +64,32 @@ def content_security_policy(nonce: str | None) -> str:
     ])
 
 
+# the headers every response carries unless the view set its own (name, lowercased name, value)
+_FIXED_HEADERS = tuple((name, name.lower(), value) for name, value in (
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "same-origin"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+))
+_CSP_WITHOUT_NONCE = content_security_policy(None)
+
+
 def _set_headers(response):
+    """The security headers, each unless the response already has one: one pass over the
+    response's headers (``Headers.setdefault`` scans them once per header)."""
     headers = response.headers
-    headers.setdefault("Content-Security-Policy", content_security_policy(g.get("cp_csp_nonce")))
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("X-Frame-Options", "DENY")
-    headers.setdefault("Referrer-Policy", "same-origin")
-    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    present = {key.lower() for key, _ in headers.items()}
+    if "content-security-policy" not in present:
+        nonce = g.get("cp_csp_nonce")
+        headers.add("Content-Security-Policy", content_security_policy(nonce) if nonce else _CSP_WITHOUT_NONCE)
+    for name, lowered, value in _FIXED_HEADERS:
+        if lowered not in present:
+            headers.add(name, value)
     endpoint = request.endpoint or ""
-    if not (endpoint == "static" or endpoint.endswith(".static")):
-        headers.setdefault("Cache-Control", "no-store")
-    if current_app.config.get("SESSION_COOKIE_SECURE"):
-        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    if "cache-control" not in present and not (endpoint == "static" or endpoint.endswith(".static")):
+        headers.add("Cache-Control", "no-store")
+    if "strict-transport-security" not in present and current_app.config.get("SESSION_COOKIE_SECURE"):
+        headers.add("Strict-Transport-Security", "max-age=31536000")
     return response
 
 
@@ -158,6 +172,13 @@ class CookieSessionInterface(SecureCookieSessionInterface):
         if self.get_cookie_name(app) not in request.cookies:
             return self.session_class()
         return super().open_session(app, request)
+
+    def save_session(self, app, session, response):
+        # empty and never read or written (every agent request): no cookie to set or delete, no
+        # ``Vary: Cookie``; exactly what Flask's would do, without its seven cookie settings lookups
+        if not session and not session.modified and not session.accessed:
+            return
+        super().save_session(app, session, response)
 
 
 def init_app(app) -> None:
