@@ -225,6 +225,11 @@ SETTINGS: tuple[Setting, ...] = (
             "release signing keys. Malformed: start-up fails."),
     Setting("CONTROL_PLANE_LOGIN_RATE_LIMIT", "login_rate_limit", "10", _int_min(1),
             "Login attempts per client address per minute."),
+    Setting("CONTROL_PLANE_HEARTBEAT_BATCH_MAX", "heartbeat_batch_max", "16", _int_min(1),
+            "Group commit: at most this many heartbeats, of distinct installations, that one process has "
+            "in flight share a transaction and its statements (`1`: every heartbeat alone). A heartbeat "
+            "never waits for others to arrive; only those that come in while a batch is being written "
+            "are grouped."),
     Setting("CONTROL_PLANE_AGENT_RATE_LIMIT", "agent_rate_limit", "600", _int_min(1),
             "Agent requests per installation per minute."),
     Setting("CONTROL_PLANE_TRUSTED_PROXIES", "trusted_proxies", "0", _int_min(0),

@@ -1,6 +1,7 @@
-"""The heartbeat's statements on PostgreSQL: two round trips whatever the heartbeat carries.
+"""The heartbeat's statements on PostgreSQL: two round trips whatever the heartbeat carries
+(one per heartbeat and one per batch under group commit).
 
-``cp.heartbeats.record_heartbeat`` decides (the rules live there, once); this module only
+``cp.heartbeats.record_heartbeats`` decides (the rules live there, once); this module only
 writes what was decided, in as few statements as PostgreSQL allows:
 
 1. ``COUNT_AND_LOCK``, sent by the agent gate (``cp.agent_api.signed``) in place of the bare
@@ -9,14 +10,18 @@ writes what was decided, in as few statements as PostgreSQL allows:
    *old* values (history events, derived alerts and the rollout channel hook need them). The
    gate's order stays: 429 before the body is parsed or validated. (``TOUCH`` does the lock and
    the update in one statement when a heartbeat is recorded without the gate.)
-2. ``APPLY``: the installation's new values, after the lock, so its snapshot sees every earlier heartbeat of the installation:
-   one pass over its open alerts (seen again / resolved), the new alerts, the history events,
-   the job-failure upsert and the SLO point, as data-modifying CTEs of one statement, which
-   also reads what waits for the agent (the ``pending`` of the response; that read comes after
-   the rollout channel hook, which runs between the two statements). The
-   lists travel as JSON arrays (``jsonb_to_recordset``), so the statement text never changes
-   with the number of items: PostgreSQL parses and plans it once per connection (psycopg
-   prepares it), and it is one statement whatever a heartbeat carries.
+2. ``APPLY``, once for a batch of heartbeats of distinct installations (one, or several under
+   group commit: ``cp.agent_api.heartbeats``), after their locks, so its snapshot sees every
+   earlier heartbeat of each installation: the installations' new values, one pass over their
+   open alerts (seen again / resolved), the new alerts, the history events, the job-failure
+   upserts and the SLO points, as data-modifying CTEs of one statement, which also reads what
+   waits for each agent (the ``pending`` of each response; that read comes after the rollout
+   channel hook, which runs between the two statements). Each heartbeat travels as one object of
+   a JSON array and its lists as JSON arrays inside it (``jsonb_to_recordset``), so the
+   statement text never changes with the number of heartbeats or items: PostgreSQL parses and
+   plans it once per connection (psycopg prepares it). Its fixed cost (executor start-up, the
+   relations and indexes it opens, the round trip) is most of a heartbeat's database time, so
+   a batch shares it.
 
 The SQL is sent through ``cp.fastsql.Raw`` (no statement compilation or result object per request);
 SQLAlchemy's cursor events still see it (``tests/test_heartbeat_statements.py`` counts them).
@@ -52,44 +57,52 @@ TOUCH = (
     " RETURNING old.id, " + ", ".join(f"old.{k}" for k in SCALAR_CASTS)
 )
 
+# The heartbeats of one batch (one or more, of distinct installations): one JSON object each.
+BATCH_COLUMNS = ("installation_id int, touch bool, sweep bool, "
+                 + ", ".join(f"{k} {t}" for k, t in SCALAR_CASTS.items())
+                 + ", desired jsonb, desired_fps varchar[], keep varchar[], events jsonb, failures jsonb, has_slo bool")
+SET_BATCH_FIELDS = (", ".join(f"{k} = COALESCE(h.{k}, i.{k})" for k in SCALAR_CASTS)
+                    + ", last_seen_at = %(now)s, heartbeats_total = i.heartbeats_total + 1")
+
 APPLY = """
-WITH touched AS (
-    UPDATE installations AS i SET """ + SET_FIELDS + """
-    WHERE %(touch)s AND i.id = %(installation_id)s
+WITH hb AS (
+    SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb) AS h(""" + BATCH_COLUMNS + """)
+), touched AS (
+    UPDATE installations AS i SET """ + SET_BATCH_FIELDS + """
+    FROM hb AS h WHERE h.touch AND i.id = h.installation_id
 ), desired AS (
-    SELECT * FROM jsonb_to_recordset(%(desired)s::jsonb) AS d(fingerprint varchar, level varchar,
-                                                                source varchar, message text)
+    SELECT h.installation_id, d.* FROM hb AS h
+    CROSS JOIN LATERAL jsonb_to_recordset(h.desired) AS d(fingerprint varchar, level varchar, source varchar, message text)
 ), swept AS (
     UPDATE alerts AS a SET
-        last_seen_at = CASE WHEN a.fingerprint = ANY(%(desired_fps)s::varchar[]) THEN %(now)s ELSE a.last_seen_at END,
-        occurrences = CASE WHEN a.fingerprint = ANY(%(desired_fps)s::varchar[]) THEN a.occurrences + 1
-                           ELSE a.occurrences END,
-        resolved_at = CASE WHEN a.fingerprint = ANY(%(desired_fps)s::varchar[]) THEN NULL ELSE %(now)s END,
-        resolved_by = CASE WHEN a.fingerprint = ANY(%(desired_fps)s::varchar[]) THEN NULL ELSE 'heartbeat' END
-    WHERE %(sweep)s AND a.installation_id = %(installation_id)s AND a.resolved_at IS NULL
-      AND a.source = ANY(%(managed)s::varchar[]) AND NOT (a.fingerprint = ANY(%(keep)s::varchar[]))
-    RETURNING a.id, a.fingerprint, a.level, a.source, a.message, a.opened_at, a.resolved_at
+        last_seen_at = CASE WHEN a.fingerprint = ANY(h.desired_fps) THEN %(now)s ELSE a.last_seen_at END,
+        occurrences = CASE WHEN a.fingerprint = ANY(h.desired_fps) THEN a.occurrences + 1 ELSE a.occurrences END,
+        resolved_at = CASE WHEN a.fingerprint = ANY(h.desired_fps) THEN NULL ELSE %(now)s END,
+        resolved_by = CASE WHEN a.fingerprint = ANY(h.desired_fps) THEN NULL ELSE 'heartbeat' END
+    FROM hb AS h
+    WHERE h.sweep AND a.installation_id = h.installation_id AND a.resolved_at IS NULL
+      AND a.source = ANY(%(managed)s::varchar[]) AND NOT (a.fingerprint = ANY(h.keep))
+    RETURNING a.installation_id, a.id, a.fingerprint, a.level, a.source, a.message, a.opened_at, a.resolved_at
 ), opened AS (
     INSERT INTO alerts (installation_id, level, source, fingerprint, message, opened_at, last_seen_at, occurrences)
-    SELECT %(installation_id)s, d.level, d.source, d.fingerprint, d.message, %(now)s, %(now)s, 1 FROM desired AS d
-    WHERE NOT EXISTS (SELECT 1 FROM alerts AS o WHERE o.installation_id = %(installation_id)s
+    SELECT d.installation_id, d.level, d.source, d.fingerprint, d.message, %(now)s, %(now)s, 1 FROM desired AS d
+    WHERE NOT EXISTS (SELECT 1 FROM alerts AS o WHERE o.installation_id = d.installation_id
                       AND o.resolved_at IS NULL AND o.fingerprint = d.fingerprint)
-    RETURNING id, fingerprint
+    RETURNING installation_id, id, fingerprint
 ), events AS (
     INSERT INTO installation_events (installation_id, field, old_value, new_value, at)
-    SELECT %(installation_id)s, e.field, e.old_value, e.new_value, %(now)s
-    FROM jsonb_to_recordset(%(events)s::jsonb) AS e(field varchar, old_value varchar, new_value varchar)
+    SELECT h.installation_id, e.field, e.old_value, e.new_value, %(now)s FROM hb AS h
+    CROSS JOIN LATERAL jsonb_to_recordset(h.events) AS e(field varchar, old_value varchar, new_value varchar)
 ), failures AS (
     INSERT INTO job_failures (installation_id, queue, message, fingerprint, first_seen_at, last_seen_at, occurrences)
-    SELECT %(installation_id)s, f.queue, f.message, f.fingerprint, %(now)s, %(now)s, f.occurrences
-    FROM jsonb_to_recordset(%(failures)s::jsonb) AS f(queue varchar, message text, fingerprint varchar, occurrences int)
+    SELECT h.installation_id, f.queue, f.message, f.fingerprint, %(now)s, %(now)s, f.occurrences FROM hb AS h
+    CROSS JOIN LATERAL jsonb_to_recordset(h.failures) AS f(queue varchar, message text, fingerprint varchar, occurrences int)
     ON CONFLICT (installation_id, fingerprint) WHERE resolved_at IS NULL
     DO UPDATE SET occurrences = job_failures.occurrences + EXCLUDED.occurrences, last_seen_at = EXCLUDED.last_seen_at
 ), slo AS (
     INSERT INTO slo_samples (installation_id, bucket, slo_p95_ms, slo_error_rate, slo_webhook_retry_rate)
-    SELECT %(installation_id)s, %(bucket)s, %(slo_p95_ms)s::float8, %(slo_error_rate)s::float8,
-           %(slo_webhook_retry_rate)s::float8
-    WHERE %(has_slo)s
+    SELECT h.installation_id, %(bucket)s, h.slo_p95_ms, h.slo_error_rate, h.slo_webhook_retry_rate
+    FROM hb AS h WHERE h.has_slo
     ON CONFLICT (installation_id, bucket) DO UPDATE SET
         slo_p95_ms = COALESCE(EXCLUDED.slo_p95_ms, slo_samples.slo_p95_ms),
         slo_error_rate = COALESCE(EXCLUDED.slo_error_rate, slo_samples.slo_error_rate),
@@ -97,27 +110,35 @@ WITH touched AS (
 )
 """
 RESULT = """
-SELECT 'swept' AS kind, id, fingerprint, level, source, message, opened_at, resolved_at FROM swept
+SELECT 'swept' AS kind, installation_id, id, fingerprint, level, source, message, opened_at, resolved_at FROM swept
 UNION ALL
-SELECT 'opened', id, fingerprint, NULL, NULL, NULL, NULL, NULL FROM opened
+SELECT 'opened', installation_id, id, fingerprint, NULL, NULL, NULL, NULL, NULL FROM opened
 """
-# with what waits for the agent (``cp.heartbeats.pending_for``'s statement as one more CTE):
-# pending rows carry the two flags in ``level``/``source`` and a due verification's
-# ``backup_id`` / ``scheduled_for`` in ``message`` / ``opened_at``
+# with what waits for each agent (``cp.heartbeats.pending_for``'s statement, per installation of
+# the batch, as one more CTE): pending rows carry the two flags in ``level``/``source`` and a due
+# verification's ``backup_id`` / ``scheduled_for`` in ``message`` / ``opened_at``
 RESULT_WITH_PENDING = RESULT + """UNION ALL
-SELECT 'pending', p.rv_id, NULL, p.p_update::varchar, p.p_plugin::varchar, p.backup_id, p.scheduled_for, NULL
+SELECT 'pending', p.installation_id, p.rv_id, NULL, p.p_update::varchar, p.p_plugin::varchar, p.backup_id,
+       p.scheduled_for, NULL
 FROM pending AS p
 """
 TOUCH_STATEMENT = fastsql.Raw(TOUCH)
 _with_pending: dict[str | None, fastsql.Raw] = {}
+PER_INSTALLATION = "%(installation_id)s"
 
 
 def _apply_sql(pending_sql: str | None) -> fastsql.Raw:
     stmt = _with_pending.get(pending_sql)
     if stmt is None:
-        sql = APPLY + RESULT if pending_sql is None else (
-            APPLY + ", pending (p_update, p_plugin, rv_id, backup_id, scheduled_for) AS (\n" + pending_sql + "\n)"
-            + RESULT_WITH_PENDING)
+        if pending_sql is None:
+            sql = APPLY + RESULT
+        else:
+            if PER_INSTALLATION not in pending_sql:
+                raise ValueError(f"the pending statement must filter on {PER_INSTALLATION}")
+            # run once per installation of the batch: its parameter becomes the batch's column
+            per_row = pending_sql.replace(PER_INSTALLATION, "h.installation_id")
+            sql = (APPLY + ", pending AS (\n SELECT h.installation_id, p.* FROM hb AS h CROSS JOIN LATERAL (\n"
+                   + per_row + "\n) AS p (p_update, p_plugin, rv_id, backup_id, scheduled_for)\n)" + RESULT_WITH_PENDING)
         stmt = _with_pending[pending_sql] = fastsql.Raw(sql)
     return stmt
 
@@ -173,42 +194,71 @@ def touch(conn, instance_id: str, provided: dict, now: datetime) -> dict | None:
     return _old(rows[0]) if rows else None
 
 
-def apply(conn, installation_id: int, now: datetime, *, sweep: bool, desired: list, keep: list,
-          events: list[dict], failures: list[dict], slo: dict | None, bucket: datetime,
-          pending: tuple[str, dict] | None = None, touch: dict | None = None):
-    """Statement 2. ``touch``: the heartbeat's scalar fields, when the installation row was only
-    locked (``count_and_lock``) and still needs them. Returns ``(swept, opened, pending)``: the open alerts the sweep touched
-    (resolved ones have ``resolved_at`` set), the ``(id, fingerprint)`` of the alerts it opened,
-    and, when ``pending`` (a read-only statement as ``(SQL, constant parameters)``, see
-    ``cp.fastsql.expanded``) is given, its rows as ``(update, plugin, id, backup_id,
+class Planned(NamedTuple):
+    """One heartbeat of a batch, as ``cp.heartbeats`` decided it: what ``apply`` writes."""
+    installation_id: int
+    sweep: bool
+    desired: list  # of cp.heartbeats.DesiredAlert
+    keep: list[str]
+    events: list[dict]
+    failures: list[dict]
+    slo: dict | None
+    touch: dict | None  # the scalar fields, when the row was only locked and still needs them
+
+
+class Applied(NamedTuple):
+    swept: list[Swept]
+    opened: list[Opened]
+    pending: list[tuple] | None
+
+
+def apply(conn, planned: list[Planned], now: datetime, bucket: datetime,
+          pending: tuple[str, dict] | None = None) -> dict[int, Applied]:
+    """Statement 2, for a batch of heartbeats of distinct installations (one or more). Returns,
+    per installation id, the open alerts the sweep touched (resolved ones have ``resolved_at``
+    set), the ``(id, fingerprint)`` of the alerts it opened and, when ``pending`` (a read-only
+    statement of one installation, ``%(installation_id)s``, as ``(SQL, constant parameters)``,
+    see ``cp.fastsql.expanded``) is given, its rows as ``(update, plugin, id, backup_id,
     scheduled_for)`` tuples (else None)."""
+    ids = [p.installation_id for p in planned]
+    if len(set(ids)) != len(ids):
+        raise ValueError("a batch holds at most one heartbeat per installation")
     pending_sql, pending_params = pending if pending is not None else (None, {})
     clash = set(pending_params) & _APPLY_PARAMS
     if clash:
         raise ValueError(f"pending statement parameters clash with APPLY's: {sorted(clash)}")
-    fields = {k: (touch or {}).get(k) for k in SCALAR_CASTS}
-    rows = _apply_sql(pending_sql).rows(conn, {**pending_params, **fields, "touch": touch is not None, 
-        "installation_id": installation_id, "now": now, "sweep": sweep, "managed": MANAGED,
-        "desired": json.dumps([{"fingerprint": d.fingerprint, "level": d.level, "source": d.source,
-                                "message": d.message} for d in desired]),
-        "desired_fps": [d.fingerprint for d in desired], "keep": keep,
-        "events": json.dumps([{"field": e["field"], "old_value": e["old_value"], "new_value": e["new_value"]}
-                              for e in events], default=str),
-        "failures": json.dumps(failures),
-        "has_slo": slo is not None, "bucket": bucket,
-        "slo_p95_ms": (slo or {}).get("slo_p95_ms"), "slo_error_rate": (slo or {}).get("slo_error_rate"),
-        "slo_webhook_retry_rate": (slo or {}).get("slo_webhook_retry_rate"),
-    })
-    swept = [Swept(*r[1:]) for r in rows if r[0] == "swept"]
-    opened = [Opened(r[1], r[2]) for r in rows if r[0] == "opened"]
-    if pending is None:
-        return swept, opened, None
-    # kind, id, fingerprint, level, source, message, opened_at, resolved_at
-    waiting = [(r[3] == "true", r[4] == "true", r[1], r[5], r[6]) for r in rows if r[0] == "pending"]
-    if len(waiting) > 1:  # due verifications, oldest first (as the pending statement orders them)
-        waiting.sort(key=lambda r: (r[4], r[2]))
-    return swept, opened, waiting
+    batch = [{
+        "installation_id": p.installation_id, "touch": p.touch is not None, "sweep": p.sweep,
+        **{k: _json_value((p.touch or p.slo or {}).get(k)) for k in SCALAR_CASTS},
+        "desired": [{"fingerprint": d.fingerprint, "level": d.level, "source": d.source, "message": d.message}
+                    for d in p.desired],
+        "desired_fps": [d.fingerprint for d in p.desired], "keep": p.keep,
+        "events": [{"field": e["field"], "old_value": e["old_value"], "new_value": e["new_value"]}
+                   for e in p.events],
+        "failures": p.failures, "has_slo": p.slo is not None,
+    } for p in planned]
+    rows = _apply_sql(pending_sql).rows(conn, {**pending_params, "batch": json.dumps(batch, default=str),
+                                               "now": now, "bucket": bucket, "managed": MANAGED})
+    out = {i: Applied([], [], None if pending is None else []) for i in ids}
+    # kind, installation_id, id, fingerprint, level, source, message, opened_at, resolved_at
+    for r in rows:
+        got = out[r[1]]
+        if r[0] == "swept":
+            got.swept.append(Swept(*r[2:]))
+        elif r[0] == "opened":
+            got.opened.append(Opened(r[2], r[3]))
+        else:
+            got.pending.append((r[4] == "true", r[5] == "true", r[2], r[6], r[7]))
+    for got in out.values():
+        if got.pending and len(got.pending) > 1:  # due verifications, oldest first (as the pending statement orders them)
+            got.pending.sort(key=lambda r: (r[4], r[2]))
+    return out
 
 
-_APPLY_PARAMS = {"touch", "sweep", "managed", "desired", "desired_fps", "keep", "events", "failures", "has_slo",
-                 "bucket", *SCALAR_CASTS}  # besides installation_id and now
+def _json_value(value):
+    """A scalar field as JSON: timestamps as ISO 8601 (``jsonb_to_recordset`` reads them back as
+    ``timestamptz``)."""
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+_APPLY_PARAMS = {"batch", "now", "bucket", "managed"}

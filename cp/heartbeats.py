@@ -164,93 +164,114 @@ def count_and_lock(key: str, instance_id: str | None):
 
 def record_heartbeat(data: dict, now: datetime | None = None, *, with_pending: bool = False,
                      locked=NOT_LOCKED) -> HeartbeatResult:
-    """Apply one validated heartbeat (see ``HeartbeatSchema``) in the current transaction.
+    """Apply one validated heartbeat (see ``HeartbeatSchema``) in the current transaction:
+    ``record_heartbeats`` with a batch of one."""
+    return record_heartbeats([(data, locked)], now, with_pending=with_pending)[0]
 
-    The rules are decided here in Python, then written with a fixed number of statements
-    whatever the heartbeat carries: on PostgreSQL two (``cp.heartbeat_pg``: the installation,
-    then everything else in one statement); elsewhere the portable statements of
-    ``_statements`` (the installation, one sweep of its open alerts, and only when needed new
-    alerts, history events, one job-failure upsert, one SLO upsert). Plus the outbox when a
-    webhook is configured and alerts opened or resolved. ``with_pending``: on PostgreSQL the
-    second statement also reads ``pending_for``'s answer (``result.pending``; else None).
-    ``locked``: what ``count_and_lock`` returned for this installation in this transaction (the
-    row is then already locked and read: the second statement applies the fields).
+
+def record_heartbeats(batch: list[tuple[dict, Any]], now: datetime | None = None, *,
+                      with_pending: bool = False) -> list[HeartbeatResult]:
+    """Apply validated heartbeats (see ``HeartbeatSchema``) of distinct installations in the
+    current transaction, each as ``(data, locked)``; their results in the same order.
+
+    The rules are decided here in Python, per heartbeat, then written with a fixed number of
+    statements whatever the heartbeats carry: on PostgreSQL one for the whole batch
+    (``cp.heartbeat_pg.apply``: everything after the installation row, as set-based
+    statements over the batch) plus, per heartbeat, the installation's lock unless ``locked``;
+    elsewhere the portable statements of ``_statements``, per heartbeat (the installation, one
+    sweep of its open alerts, and only when needed new alerts, history events, one job-failure
+    upsert, one SLO upsert). Plus the outbox when a webhook is configured and alerts opened or
+    resolved. ``with_pending``: ``result.pending`` is ``pending_for``'s answer (else None); on
+    PostgreSQL the batch's statement reads it along, for each installation. ``locked``: what
+    ``count_and_lock`` returned for this installation in this transaction (the row is then
+    already locked and read: the batch's statement applies the fields), else ``NOT_LOCKED``.
     """
+    if not batch:
+        return []
     now = now or utcnow()
     conn = db.session.connection()
     pg = conn.dialect.name == "postgresql"
     st = _statements(conn.dialect.name)
-    instance_id = data["instance_id"]
-    provided = {k: data[k] for k in SCALAR_FIELDS if data.get(k) is not None}
+    bucket = slo_bucket(now)
+    plans: list[tuple[str, dict[str, DesiredAlert], heartbeat_pg.Planned]] = []
+    for data, locked in batch:
+        instance_id = data["instance_id"]
+        provided = {k: data[k] for k in SCALAR_FIELDS if data.get(k) is not None}
 
-    # 1. the installation row, locked, its old values read and the heartbeat's applied (or created)
-    old, created, applied = _touch(conn, st, pg, instance_id, provided, now, locked)
-    installation_id = old["id"]
-    state = {k: old.get(k) for k in SCALAR_FIELDS}
-    state.update(provided)
-    if "release_channel" in provided and old.get("release_channel") != provided["release_channel"]:
-        # new on a channel, or moved: rollouts add or cancel its jobs (a normal heartbeat skips this)
-        from .rollouts import on_channel_change
+        # 1. the installation row, locked, its old values read and the heartbeat's applied (or created)
+        old, created, applied = _touch(conn, st, pg, instance_id, provided, now, locked)
+        installation_id = old["id"]
+        state = {k: old.get(k) for k in SCALAR_FIELDS}
+        state.update(provided)
+        if "release_channel" in provided and old.get("release_channel") != provided["release_channel"]:
+            # new on a channel, or moved: rollouts add or cancel its jobs (a normal heartbeat skips this)
+            from .rollouts import on_channel_change
 
-        on_channel_change(installation_id, old.get("release_channel"), provided["release_channel"],
-                          state.get("version"), now)
+            on_channel_change(installation_id, old.get("release_channel"), provided["release_channel"],
+                              state.get("version"), now)
 
-    # 2. what the heartbeat means
-    # history of the fields people follow
-    events = [
-        {"installation_id": installation_id, "field": f, "old_value": old.get(f), "new_value": provided[f], "at": now}
-        for f in HISTORY_FIELDS if f in provided and not created and old.get(f) != provided[f]
-    ]
-    # alerts: the agent's set plus the derived ones; ``keep``: derived ones whose state is unknown
-    desired: dict[str, DesiredAlert] = {}
-    for item in data.get("alerts") or []:
-        fp = agent_alert_fingerprint(item["level"], item["message"])
-        desired.setdefault(fp, DesiredAlert(fp, item["level"], "agent", item["message"]))
-    derived, keep = derived_alerts(state, now)
-    for d in derived:
-        desired[d.fingerprint] = d
-    # job failures, deduplicated per (queue, message)
-    counts: Counter = Counter()
-    first: dict[str, dict] = {}
-    for item in data.get("job_failures") or []:
-        fp = job_failure_fingerprint(item["queue"], item["message"])
-        counts[fp] += 1
-        first.setdefault(fp, item)
-    failures = [{"queue": first[fp]["queue"], "message": first[fp]["message"], "fingerprint": fp, "occurrences": n}
-                for fp, n in counts.items()]
-    # SLO history: one point per installation per 5 minutes (the last figures of the bucket)
-    slo = {k: provided.get(k) for k in SLO_FIELDS} if any(k in provided for k in SLO_FIELDS) else None
+        # 2. what the heartbeat means
+        # history of the fields people follow
+        events = [
+            {"installation_id": installation_id, "field": f, "old_value": old.get(f), "new_value": provided[f],
+             "at": now}
+            for f in HISTORY_FIELDS if f in provided and not created and old.get(f) != provided[f]
+        ]
+        # alerts: the agent's set plus the derived ones; ``keep``: derived ones whose state is unknown
+        desired: dict[str, DesiredAlert] = {}
+        for item in data.get("alerts") or []:
+            fp = agent_alert_fingerprint(item["level"], item["message"])
+            desired.setdefault(fp, DesiredAlert(fp, item["level"], "agent", item["message"]))
+        derived, keep = derived_alerts(state, now)
+        for d in derived:
+            desired[d.fingerprint] = d
+        # job failures, deduplicated per (queue, message)
+        counts: Counter = Counter()
+        first: dict[str, dict] = {}
+        for item in data.get("job_failures") or []:
+            fp = job_failure_fingerprint(item["queue"], item["message"])
+            counts[fp] += 1
+            first.setdefault(fp, item)
+        failures = [{"queue": first[fp]["queue"], "message": first[fp]["message"], "fingerprint": fp,
+                     "occurrences": n} for fp, n in counts.items()]
+        # SLO history: one point per installation per 5 minutes (the last figures of the bucket)
+        slo = {k: provided.get(k) for k in SLO_FIELDS} if any(k in provided for k in SLO_FIELDS) else None
+        plans.append((instance_id, desired, heartbeat_pg.Planned(
+            installation_id, not created, list(desired.values()), list(keep), events, failures, slo,
+            None if applied else provided)))
 
-    # 3. write it: open alerts seen again or resolved, new alerts, events, failures, SLO point
-    args = dict(sweep=not created, desired=list(desired.values()), keep=list(keep), events=events,
-                failures=failures, slo=slo, bucket=slo_bucket(now))
-    pending = None
+    # 3. write them: open alerts seen again or resolved, new alerts, events, failures, SLO points
     if pg:
-        also = (fastsql.expanded(_pending_statement(), conn.dialect, {"installation_id": installation_id, "now": now})
+        also = (fastsql.expanded(_pending_statement(), conn.dialect,
+                                 {"installation_id": plans[0][2].installation_id, "now": now})
                 if with_pending else None)
-        swept, opened, waiting = heartbeat_pg.apply(conn, installation_id, now, pending=also,
-                                                    touch=None if applied else provided, **args)
-        if waiting is not None:
-            pending = _pending_answer(waiting)
+        written = heartbeat_pg.apply(conn, [plan for _, _, plan in plans], now, bucket, pending=also)
     else:
-        swept, opened = _apply_portable(conn, installation_id, now, **args)
-    resolved = [r for r in swept if r.resolved_at is not None]
+        written = {plan.installation_id: _apply_portable(conn, plan, now, bucket) for _, _, plan in plans}
 
     # 4. the webhook outbox, in the same transaction
     outbox: list[tuple[str, dict]] = []
-    for r in opened:
-        d = desired[r.fingerprint]
-        outbox.append(("opened", alert_payload(
-            {"id": r.id, "level": d.level, "source": d.source, "message": d.message,
-             "opened_at": now, "resolved_at": None}, instance_id)))
-    for r in resolved:
-        outbox.append(("resolved", alert_payload(
-            {"id": r.id, "level": r.level, "source": r.source, "message": r.message,
-             "opened_at": r.opened_at, "resolved_at": now}, instance_id)))
+    results = []
+    for instance_id, desired, plan in plans:
+        swept, opened, waiting = written[plan.installation_id]
+        resolved = [r for r in swept if r.resolved_at is not None]
+        for r in opened:
+            d = desired[r.fingerprint]
+            outbox.append(("opened", alert_payload(
+                {"id": r.id, "level": d.level, "source": d.source, "message": d.message,
+                 "opened_at": now, "resolved_at": None}, instance_id)))
+        for r in resolved:
+            outbox.append(("resolved", alert_payload(
+                {"id": r.id, "level": r.level, "source": r.source, "message": r.message,
+                 "opened_at": r.opened_at, "resolved_at": now}, instance_id)))
+        if waiting is not None:
+            pending = _pending_answer(waiting)
+        else:
+            pending = pending_for(plan.installation_id, now) if with_pending else None
+        results.append(HeartbeatResult(plan.installation_id, instance_id, now, len(opened), len(resolved), pending))
     if outbox:
         enqueue_events(outbox, now)
-
-    return HeartbeatResult(installation_id, instance_id, now, len(opened), len(resolved), pending)
+    return results
 
 
 def _touch(conn, st, pg: bool, instance_id: str, provided: dict, now: datetime, locked) -> tuple[dict, bool, bool]:
@@ -285,9 +306,10 @@ def _touch_portable(conn, st, instance_id: str, provided: dict, now: datetime) -
     return dict(row._mapping)
 
 
-def _apply_portable(conn, installation_id: int, now: datetime, *, sweep: bool, desired: list, keep: list,
-                    events: list[dict], failures: list[dict], slo: dict | None, bucket: datetime):
-    """``cp.heartbeat_pg.apply`` as portable statements (SQLite): the same writes and results."""
+def _apply_portable(conn, plan: heartbeat_pg.Planned, now: datetime, bucket: datetime) -> heartbeat_pg.Applied:
+    """``cp.heartbeat_pg.apply`` as portable statements (SQLite), for one heartbeat: the same
+    writes and results (``touch`` is never needed here: ``_touch`` always applies the fields)."""
+    installation_id, sweep, desired, keep, events, failures, slo = plan[:7]
     st = _statements(conn.dialect.name)
     if events:
         conn.execute(st.add_events, events)
@@ -307,7 +329,7 @@ def _apply_portable(conn, installation_id: int, now: datetime, *, sweep: bool, d
             for f in failures]).all()
     if slo is not None:
         conn.execute(st.slo_sample, {"installation_id": installation_id, "bucket": bucket, **slo})
-    return swept, opened
+    return heartbeat_pg.Applied(swept, opened, None)
 
 
 @dataclass(frozen=True)

@@ -18,3 +18,4 @@ def init_app(app) -> None:
                 raise
     csrf.exempt(bp)
     app.register_blueprint(bp)
+    heartbeats.init_app(app)

@@ -108,15 +108,22 @@ def prune_nonces(now=None) -> int:
     return db.session.execute(delete(nonces).where(nonces.c.seen_at < cutoff)).rowcount or 0
 
 
-def agent_endpoint(view: Callable | None = None, *, counter: Callable | None = None) -> Callable:
+def agent_endpoint(view: Callable | None = None, *, counter: Callable | None = None,
+                   batched: Callable | None = None) -> Callable:
     """Verify, parse and hand the view the JSON object; the view validates it with its schema.
 
     ``counter(key, instance_id)``: counts the request in a statement of the endpoint's choosing
     instead of ``cp.ratelimit.count_agent_request`` (the heartbeat also locks its installation
     in it); its result is ``g.agent_counted`` for the view. The order of the checks is the same.
+
+    ``batched(key)``: once the signature is verified, may take the whole request over (the
+    heartbeat's group commit): it returns the response, or raises the request's refusal (429,
+    replayed 401; the request was counted, and nothing else kept, in the batch's transaction),
+    or returns None to go on here, alone (a body that is not valid, so that 400/422 come after
+    the count as usual; or a batch that failed and rolled back).
     """
     if view is None:
-        return lambda v: agent_endpoint(v, counter=counter)
+        return lambda v: agent_endpoint(v, counter=counter, batched=batched)
 
     @wraps(view)
     def wrapped(*args, **kwargs):
@@ -124,6 +131,10 @@ def agent_endpoint(view: Callable | None = None, *, counter: Callable | None = N
         g.agent_instance_id = verify_request()
         from ..ratelimit import agent_key, count_agent_request, recount_agent_request
 
+        if batched is not None:
+            response = batched(agent_key(g.agent_instance_id))
+            if response is not None:
+                return current_app.make_response(response)
         # The rate-limit count and the nonce ride in the request's own transaction (no extra
         # connection or commit on the hot path). A request that fails or is refused rolls back,
         # and then still counts: recounted in a short transaction of its own.

@@ -1,0 +1,149 @@
+"""``cp.batching.Batcher``: group commit's leader/follower queue, on real threads."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from cp.batching import Batcher
+
+
+@dataclass(eq=False)
+class Item:
+    key: str
+    done: bool = False
+    error: BaseException | None = None
+    batch: int | None = None
+
+
+class Recorder:
+    """``run``: records each batch's keys; the first batch waits for ``release`` so that the
+    other threads queue up behind it."""
+
+    def __init__(self, hold_first: bool = False):
+        self.batches: list[list[str]] = []
+        self.release = threading.Event()
+        self.started = threading.Event()
+        if not hold_first:
+            self.release.set()
+
+    def __call__(self, batch):
+        self.started.set()
+        self.release.wait(10)
+        self.batches.append([it.key for it in batch])
+        for it in batch:
+            it.batch = len(self.batches)
+
+
+def submit_all(batcher: Batcher, items: list[Item]) -> list[threading.Thread]:
+    threads = [threading.Thread(target=batcher.submit, args=(it,)) for it in items]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def wait_queued(batcher: Batcher, n: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(batcher._queue) < n:
+        assert time.monotonic() < deadline, "the threads did not queue up"
+        time.sleep(0.005)
+
+
+def test_alone_an_item_runs_at_once_in_a_batch_of_one():
+    run = Recorder()
+    batcher = Batcher(run, max_size=8)
+    item = Item("a")
+    batcher.submit(item)
+    assert item.done and run.batches == [["a"]]
+
+
+def test_items_arriving_while_a_batch_runs_go_together_into_the_next():
+    run = Recorder(hold_first=True)
+    batcher = Batcher(run, max_size=8)
+    first = submit_all(batcher, [Item("lead")])
+    assert run.started.wait(10)
+    items = [Item(f"i{n}") for n in range(5)]
+    threads = submit_all(batcher, items)
+    wait_queued(batcher, 5)
+    run.release.set()
+    for t in first + threads:
+        t.join(10)
+    assert run.batches[0] == ["lead"]
+    assert sorted(run.batches[1]) == [f"i{n}" for n in range(5)]
+    assert len(run.batches) == 2
+    assert all(it.done and it.batch == 2 for it in items)
+
+
+def test_a_batch_holds_at_most_max_size_items():
+    run = Recorder(hold_first=True)
+    batcher = Batcher(run, max_size=3)
+    first = submit_all(batcher, [Item("lead")])
+    assert run.started.wait(10)
+    items = [Item(f"i{n}") for n in range(7)]
+    threads = submit_all(batcher, items)
+    wait_queued(batcher, 7)
+    run.release.set()
+    for t in first + threads:
+        t.join(10)
+    assert [len(b) for b in run.batches] == [1, 3, 3, 1]
+    assert sorted(k for b in run.batches for k in b) == sorted(["lead"] + [f"i{n}" for n in range(7)])
+    assert all(it.done for it in items)
+
+
+def test_one_item_per_key_in_a_batch():
+    run = Recorder(hold_first=True)
+    batcher = Batcher(run, max_size=8)
+    first = submit_all(batcher, [Item("lead")])
+    assert run.started.wait(10)
+    items = [Item("x"), Item("y"), Item("x"), Item("x")]
+    threads = submit_all(batcher, items)
+    wait_queued(batcher, 4)
+    run.release.set()
+    for t in first + threads:
+        t.join(10)
+    for batch in run.batches:
+        assert len(batch) == len(set(batch)), run.batches
+    assert sum(b.count("x") for b in run.batches) == 3
+
+
+def test_an_exception_in_run_reaches_every_item_of_its_batch_and_nobody_hangs():
+    calls = []
+
+    def run(batch):
+        calls.append([it.key for it in batch])
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+
+    gate = threading.Event()
+
+    def first_run(batch):
+        gate.wait(10)
+        run(batch)
+
+    batcher = Batcher(first_run, max_size=8)
+    lead = Item("lead")
+    first = submit_all(batcher, [lead])
+    wait_until = time.monotonic() + 10
+    while not batcher._leading:
+        assert time.monotonic() < wait_until
+        time.sleep(0.005)
+    items = [Item(f"i{n}") for n in range(3)]
+    threads = submit_all(batcher, items)
+    wait_queued(batcher, 3)
+    gate.set()
+    for t in first + threads:
+        t.join(10)
+        assert not t.is_alive()
+    assert lead.error is None
+    assert all(isinstance(it.error, RuntimeError) and it.done for it in items)
+    # the batcher is still usable afterwards
+    later = Item("later")
+    batcher.submit(later)
+    assert later.done and later.error is None
+
+
+def test_max_size_must_be_positive():
+    with pytest.raises(ValueError):
+        Batcher(lambda batch: None, max_size=0)
