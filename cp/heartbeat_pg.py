@@ -188,6 +188,31 @@ def count_and_lock(conn, count_sql: str, count_params: dict, instance_id: str) -
     return row[0], _old(row[1:])
 
 
+_count_and_lock_many: dict[str, fastsql.Raw] = {}
+
+
+def count_and_lock_many(conn, count_sql: str, count_params: dict, instance_ids: list[str]) -> dict[str, tuple]:
+    """Statement 1 for a batch: ``count_sql`` (``cp.ratelimit.count_many_statement``: one
+    request counted per key, ``RETURNING key, count``), then the installations locked in id
+    order, with their old values. The rate-limit rows are locked first, all of them (the lock
+    waits for the count: ``hit`` is read before the first installation row), so every batch, and
+    every single heartbeat, takes its locks in the same order: no deadlock between them. Returns
+    ``{key: (count, old values or None)}``; ``count_params["keys"][i]`` is the key of
+    ``instance_ids[i]``."""
+    stmt = _count_and_lock_many.get(count_sql)
+    if stmt is None:
+        stmt = _count_and_lock_many[count_sql] = fastsql.Raw(
+            "WITH hit AS (" + count_sql + "), pairs AS ("
+            " SELECT * FROM unnest(%(keys)s::varchar[], %(lock_instance_ids)s::varchar[]) AS p(key, instance_id)"
+            "), inst AS (SELECT " + OLD_COLUMNS + ", instance_id FROM installations"
+            " WHERE instance_id = ANY(%(lock_instance_ids)s::varchar[]) AND (SELECT count(*) FROM hit) >= 0"
+            " ORDER BY id FOR UPDATE)"
+            " SELECT pairs.key, hit.count, " + ", ".join(f"inst.{c}" for c in OLD_NAMES) + ", " + GENERIC_PLANS +
+            " FROM pairs JOIN hit ON hit.key = pairs.key LEFT JOIN inst ON inst.instance_id = pairs.instance_id")
+    rows = stmt.rows(conn, {**count_params, "lock_instance_ids": instance_ids})
+    return {r[0]: (r[1], _old(r[2:])) for r in rows}
+
+
 def _old(row: tuple) -> dict | None:
     """``OLD_COLUMNS`` as a dict (None for a missing installation)."""
     if row[0] is None:

@@ -162,6 +162,40 @@ def count_and_lock(key: str, instance_id: str | None):
     return old
 
 
+def count_and_lock_many(pairs: list[tuple[str, str]]) -> list:
+    """``count_and_lock`` for a batch of ``(rate-limit key, instance_id)`` of distinct
+    installations, in one statement on PostgreSQL (elsewhere one by one). Returns, in the same
+    order, what ``count_and_lock`` would return for each, or the refusal it would raise
+    (``RateLimited``) as a value: the others go on."""
+    from .errors import DomainError
+    from .ratelimit import AgentCount, count_many_statement
+
+    conn = db.session.connection()
+    if conn.dialect.name != "postgresql":
+        out = []
+        for key, instance_id in pairs:
+            try:
+                out.append(count_and_lock(key, instance_id))
+            except DomainError as exc:
+                out.append(exc)
+        return out
+    counts = [AgentCount(conn, key) for key, _ in pairs]
+    keys = [c.params["key"] for c in counts]
+    params = {"keys": keys, "window_start": counts[0].window}
+    sql, fixed = fastsql.expanded(count_many_statement(), conn.dialect, params)
+    got = heartbeat_pg.count_and_lock_many(conn, sql, {**fixed, **params}, [iid for _, iid in pairs])
+    out = []
+    for count, key in zip(counts, keys):
+        hits, old = got[key]
+        try:
+            count.check(hits)
+        except DomainError as exc:
+            out.append(exc)
+        else:
+            out.append(old)
+    return out
+
+
 def record_heartbeat(data: dict, now: datetime | None = None, *, with_pending: bool = False,
                      locked=NOT_LOCKED) -> HeartbeatResult:
     """Apply one validated heartbeat (see ``HeartbeatSchema``) in the current transaction:

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 
 from flask import current_app, request
-from sqlalchemy import case, delete, select, text
+from sqlalchemy import ARRAY, Integer, String, bindparam, case, delete, func, literal, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from . import fastsql
@@ -48,16 +48,7 @@ def _refuse(limit: int, what: str, window: datetime, now: datetime) -> RateLimit
 
 
 def _count_statement(key: str, window: datetime):
-    stmt = insert(buckets).values(key=key, window_start=window, count=1)
-    stored = buckets.c.window_start
-    new = stmt.excluded.window_start
-    # Same window: +1. A newer window: restart at 1. An older one (a process whose clock lags):
-    # count it into the stored, newer window.
-    return stmt.on_conflict_do_update(
-        index_elements=["key"],
-        set_={"count": case((stored < new, 1), else_=buckets.c.count + 1),
-              "window_start": case((stored < new, new), else_=stored)},
-    ).returning(buckets.c.count)
+    return _count_on_conflict(insert(buckets).values(key=key, window_start=window, count=1)).returning(buckets.c.count)
 
 
 def hit(key: str, limit: int, what: str) -> None:
@@ -157,13 +148,30 @@ def recount_agent_request(key: str) -> None:
 def _count_upsert(dialect_name: str):
     """``_count_statement`` built once per backend (the values come as parameters)."""
     ins = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
-    stmt = ins(buckets)
+    return _count_on_conflict(ins(buckets)).returning(buckets.c.count)
+
+
+@lru_cache(maxsize=None)
+def count_many_statement():
+    """PostgreSQL: one request counted for each key of ``keys`` (distinct), in key order (every
+    batch takes the rows' locks in the same order), ``RETURNING key, count``; parameters ``keys``
+    and ``window_start``. The conflict rule is ``_count_on_conflict``, as for one key."""
+    keys = select(func.unnest(bindparam("keys", type_=ARRAY(String))).label("key")).subquery("keys")
+    rows = select(keys.c.key, bindparam("window_start", type_=buckets.c.window_start.type),
+                  literal(1, Integer)).order_by(keys.c.key)
+    stmt = postgresql.insert(buckets).from_select(["key", "window_start", "count"], rows)
+    return _count_on_conflict(stmt).returning(buckets.c.key, buckets.c.count)
+
+
+def _count_on_conflict(stmt):
     stored, new = buckets.c.window_start, stmt.excluded.window_start
+    # Same window: +1. A newer window: restart at 1. An older one (a process whose clock lags):
+    # count it into the stored, newer window.
     return stmt.on_conflict_do_update(
         index_elements=["key"],
         set_={"count": case((stored < new, 1), else_=buckets.c.count + 1),
               "window_start": case((stored < new, new), else_=stored)},
-    ).returning(buckets.c.count)
+    )
 
 
 def _prune(conn, now: datetime) -> int:

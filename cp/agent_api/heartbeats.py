@@ -18,7 +18,8 @@ from marshmallow import ValidationError
 from ..batching import Batcher
 from ..errors import DomainError, Unavailable
 from ..extensions import db
-from ..heartbeats import NOT_LOCKED, HeartbeatResult, count_and_lock, record_heartbeat, record_heartbeats
+from ..heartbeats import (NOT_LOCKED, HeartbeatResult, count_and_lock, count_and_lock_many, record_heartbeat,
+                          record_heartbeats)
 from ..http import check_object, load
 from ..timeutil import isoformat
 from . import bp
@@ -43,10 +44,11 @@ class QueuedHeartbeat:
 
 
 def write_batch(items: list[QueuedHeartbeat]) -> None:
-    """One transaction for the batch: per heartbeat, in installation order (every batch takes
-    its locks in the same order), the rate-limit count with the installation's lock and the
-    replay nonce, as the gate does for one request; a heartbeat refused there (429, replay) keeps
-    its count and nothing else. Then the others are recorded together and committed.
+    """One transaction for the batch: the rate-limit counts and the installations' locks of all
+    its heartbeats in one statement (``count_and_lock_many``; the same locks in the same order
+    in every batch), then each replay nonce, as the gate does for one request; a heartbeat
+    refused there (429, replay) keeps its count and nothing else. Then the others are recorded
+    together and committed.
 
     If a statement fails, all of it rolls back and each heartbeat is answered on its own (on a
     fresh connection, if the old one died: nothing was kept, so trying again is safe). If the
@@ -55,12 +57,14 @@ def write_batch(items: list[QueuedHeartbeat]) -> None:
     committing = False
     try:
         accepted: list[tuple[QueuedHeartbeat, Any]] = []
-        for item in sorted(items, key=lambda i: i.key):
+        ordered = sorted(items, key=lambda i: i.key)
+        for item, locked in zip(ordered, count_and_lock_many([(i.rate_key, i.key) for i in ordered])):
             try:
-                locked = count_and_lock(item.rate_key, item.key)
+                if isinstance(locked, DomainError):  # refused (429): counted, nothing else kept
+                    raise locked
                 if item.nonce is not None:
                     remember_nonce(item.nonce)
-            except DomainError as exc:  # the statements ran; only the refusal was raised
+            except DomainError as exc:
                 item.error = exc
                 continue
             accepted.append((item, locked))
