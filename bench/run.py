@@ -39,7 +39,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # The production settings docs/performance.md recommends for a 2-core host (one knob each).
 WORKERS = 2
-THREADS = 4
+THREADS = 8
 
 TARGETS = {"ratio_min": 0.60, "ratio_aim": 0.80, "p99_ms": 50.0, "read_ms": 50.0, "rollout_s": 10.0}
 # the reads the 50 ms target is about (issue 7); the others are timed for information
