@@ -173,13 +173,6 @@ class CookieSessionInterface(SecureCookieSessionInterface):
             return self.session_class()
         return super().open_session(app, request)
 
-    def save_session(self, app, session, response):
-        # empty and never read or written (every agent request): no cookie to set or delete, no
-        # ``Vary: Cookie``; exactly what Flask's would do, without its seven cookie settings lookups
-        if not session and not session.modified and not session.accessed:
-            return
-        super().save_session(app, session, response)
-
 
 def init_app(app) -> None:
     app.session_interface = CookieSessionInterface()
