@@ -51,6 +51,23 @@ def wait_queued(batcher: Batcher, n: int) -> None:
         time.sleep(0.005)
 
 
+def behind_a_running_batch(max_size: int, keys: list[str]) -> tuple[Recorder, list[Item]]:
+    """``keys`` submitted while a first batch ("lead") is being run: they all queue up, then
+    the first batch ends. Returns the recorder and the items, once every thread is done."""
+    run = Recorder(hold_first=True)
+    batcher = Batcher(run, max_size=max_size)
+    first = submit_all(batcher, [Item("lead")])
+    assert run.started.wait(10)
+    items = [Item(k) for k in keys]
+    threads = submit_all(batcher, items)
+    wait_queued(batcher, len(items))
+    run.release.set()
+    for t in first + threads:
+        t.join(10)
+        assert not t.is_alive()
+    return run, items
+
+
 def test_alone_an_item_runs_at_once_in_a_batch_of_one():
     run = Recorder()
     batcher = Batcher(run, max_size=8)
@@ -60,16 +77,7 @@ def test_alone_an_item_runs_at_once_in_a_batch_of_one():
 
 
 def test_items_arriving_while_a_batch_runs_go_together_into_the_next():
-    run = Recorder(hold_first=True)
-    batcher = Batcher(run, max_size=8)
-    first = submit_all(batcher, [Item("lead")])
-    assert run.started.wait(10)
-    items = [Item(f"i{n}") for n in range(5)]
-    threads = submit_all(batcher, items)
-    wait_queued(batcher, 5)
-    run.release.set()
-    for t in first + threads:
-        t.join(10)
+    run, items = behind_a_running_batch(8, [f"i{n}" for n in range(5)])
     assert run.batches[0] == ["lead"]
     assert sorted(run.batches[1]) == [f"i{n}" for n in range(5)]
     assert len(run.batches) == 2
@@ -77,35 +85,18 @@ def test_items_arriving_while_a_batch_runs_go_together_into_the_next():
 
 
 def test_a_batch_holds_at_most_max_size_items():
-    run = Recorder(hold_first=True)
-    batcher = Batcher(run, max_size=3)
-    first = submit_all(batcher, [Item("lead")])
-    assert run.started.wait(10)
-    items = [Item(f"i{n}") for n in range(7)]
-    threads = submit_all(batcher, items)
-    wait_queued(batcher, 7)
-    run.release.set()
-    for t in first + threads:
-        t.join(10)
+    run, items = behind_a_running_batch(3, [f"i{n}" for n in range(7)])
     assert [len(b) for b in run.batches] == [1, 3, 3, 1]
     assert sorted(k for b in run.batches for k in b) == sorted(["lead"] + [f"i{n}" for n in range(7)])
     assert all(it.done for it in items)
 
 
 def test_one_item_per_key_in_a_batch():
-    run = Recorder(hold_first=True)
-    batcher = Batcher(run, max_size=8)
-    first = submit_all(batcher, [Item("lead")])
-    assert run.started.wait(10)
-    items = [Item("x"), Item("y"), Item("x"), Item("x")]
-    threads = submit_all(batcher, items)
-    wait_queued(batcher, 4)
-    run.release.set()
-    for t in first + threads:
-        t.join(10)
+    run, items = behind_a_running_batch(8, ["x", "y", "x", "x"])
     for batch in run.batches:
         assert len(batch) == len(set(batch)), run.batches
     assert sum(b.count("x") for b in run.batches) == 3
+    assert all(it.done for it in items)
 
 
 def test_an_exception_in_run_reaches_every_item_of_its_batch_and_nobody_hangs():
