@@ -38,6 +38,8 @@ def test_malformed_agent_secrets_fail_start_up(value, fragment):
     ({"CONTROL_PLANE_RELEASE_KEYS": '{"k1": "not base64!"}'}, "CONTROL_PLANE_RELEASE_KEYS"),
     ({"CONTROL_PLANE_RELEASE_KEYS": '{"k1": "AAAA"}'}, "CONTROL_PLANE_RELEASE_KEYS"),
     ({"CONTROL_PLANE_DATABASE_URL": "not-a-url"}, "CONTROL_PLANE_DATABASE_URL"),
+    ({"CONTROL_PLANE_HEARTBEAT_BATCH_MAX": "0"}, "CONTROL_PLANE_HEARTBEAT_BATCH_MAX"),
+    ({"CONTROL_PLANE_HEARTBEAT_BATCH_MAX": "many"}, "CONTROL_PLANE_HEARTBEAT_BATCH_MAX"),
 ])
 def test_malformed_values_name_the_variable(env, var):
     with pytest.raises(ConfigError) as exc:

@@ -200,6 +200,15 @@ def test_a_failed_batch_rolls_back_and_leaves_each_heartbeat_to_itself(app, cloc
         assert db.session.scalar(select(RateLimitBucket.count).where(RateLimitBucket.key == "agent:f-1")) == 2
 
 
+def test_the_batch_size_comes_from_the_setting(make_app):
+    from cp.agent_api.heartbeats import EXTENSION
+
+    assert make_app().extensions[EXTENSION].max_size == 16
+    alone = make_app(CONTROL_PLANE_HEARTBEAT_BATCH_MAX="1")
+    assert alone.extensions[EXTENSION].max_size == 1
+    assert Agent(alone.test_client()).heartbeat("one-at-a-time").status_code == 200
+
+
 def test_invalid_bodies_keep_the_gate_order(make_app):
     """Not batched: a body that fails validation is still counted first (429 before 422)."""
     app = make_app(CONTROL_PLANE_AGENT_RATE_LIMIT="1")
