@@ -49,9 +49,16 @@ SCALAR_CASTS = {
 
 OLD_NAMES = ("id", *SCALAR_CASTS)
 OLD_COLUMNS = ", ".join(OLD_NAMES)
-# a field the heartbeat carries overwrites the stored one; an absent one (NULL) keeps it
-SET_FIELDS = (", ".join(f"{k} = COALESCE(%({k})s::{t}, i.{k})" for k, t in SCALAR_CASTS.items())
-              + ", last_seen_at = %(now)s, heartbeats_total = i.heartbeats_total + 1")
+
+
+def _set_fields(new_value) -> str:
+    """The installation's ``SET`` list: a field the heartbeat carries (``new_value(name, type)``)
+    overwrites the stored one; an absent one (NULL) keeps it."""
+    return (", ".join(f"{k} = COALESCE({new_value(k, t)}, i.{k})" for k, t in SCALAR_CASTS.items())
+            + ", last_seen_at = %(now)s, heartbeats_total = i.heartbeats_total + 1")
+
+
+SET_FIELDS = _set_fields(lambda k, t: f"%({k})s::{t}")  # from the statement's parameters
 LOCK = "SELECT " + OLD_COLUMNS + " FROM installations WHERE instance_id = %(lock_instance_id)s FOR UPDATE"
 
 # Statement 1 also switches the transaction to the generic plans of its prepared statements:
@@ -71,8 +78,7 @@ TOUCH = (
 BATCH_COLUMNS = ("installation_id int, touch bool, sweep bool, "
                  + ", ".join(f"{k} {t}" for k, t in SCALAR_CASTS.items())
                  + ", desired jsonb, desired_fps varchar[], keep varchar[], events jsonb, failures jsonb, has_slo bool")
-SET_BATCH_FIELDS = (", ".join(f"{k} = COALESCE(h.{k}, i.{k})" for k in SCALAR_CASTS)
-                    + ", last_seen_at = %(now)s, heartbeats_total = i.heartbeats_total + 1")
+SET_BATCH_FIELDS = _set_fields(lambda k, t: f"h.{k}")  # from the batch's columns, typed there
 
 APPLY = """
 WITH hb AS (
@@ -173,26 +179,11 @@ class Opened(NamedTuple):
     fingerprint: str
 
 
-_count_and_lock: dict[str, fastsql.Raw] = {}
-
-
-def count_and_lock(conn, count_sql: str, count_params: dict, instance_id: str) -> tuple[int, dict | None]:
-    """Statement 1 from the gate: ``count_sql`` (the rate-limit upsert ``RETURNING count``) and
-    the installation locked: ``(count, old values or None for an unknown installation)``."""
-    stmt = _count_and_lock.get(count_sql)
-    if stmt is None:
-        stmt = _count_and_lock[count_sql] = fastsql.Raw(
-            "WITH hit AS (" + count_sql + "), inst AS (" + LOCK + ")"
-            " SELECT hit.count AS hit_count, inst.*, " + GENERIC_PLANS + " FROM hit LEFT JOIN inst ON true")
-    row = stmt.rows(conn, {**count_params, "lock_instance_id": instance_id})[0]
-    return row[0], _old(row[1:])
-
-
 _count_and_lock_many: dict[str, fastsql.Raw] = {}
 
 
 def count_and_lock_many(conn, count_sql: str, count_params: dict, instance_ids: list[str]) -> dict[str, tuple]:
-    """Statement 1 for a batch: ``count_sql`` (``cp.ratelimit.count_many_statement``: one
+    """Statement 1, for a batch of heartbeats (or one): ``count_sql`` (``cp.ratelimit.count_many_statement``: one
     request counted per key, ``RETURNING key, count``), then the installations locked in id
     order, with their old values. The rate-limit rows are locked first, all of them (the lock
     waits for the count: ``hit`` is read before the first installation row), so every batch, and

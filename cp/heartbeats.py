@@ -146,45 +146,48 @@ NOT_LOCKED = _NotLocked()
 def count_and_lock(key: str, instance_id: str | None):
     """The agent gate's statement for a heartbeat (``agent_endpoint(counter=...)``): count the
     request (``cp.ratelimit``; 429 past the limit) and, on PostgreSQL, in the same statement
-    lock the installation's row and read its stored fields. Returns what ``record_heartbeat``
-    takes as ``locked``: the old values, None for an unknown installation, or ``NOT_LOCKED``
-    (other backends, or a body without a readable ``instance_id``: only counted)."""
-    from .ratelimit import AgentCount, count_agent_request
+    lock the installation's row and read its stored fields (``count_and_lock_many`` with one
+    heartbeat). Returns what ``record_heartbeat`` takes as ``locked``: the old values, None for
+    an unknown installation, or ``NOT_LOCKED`` (other backends, or a body without a readable
+    ``instance_id``: only counted)."""
+    from .errors import DomainError
+    from .ratelimit import count_agent_request
 
-    conn = db.session.connection()
-    if conn.dialect.name != "postgresql" or not instance_id:
+    if not instance_id:
         count_agent_request(key)
         return NOT_LOCKED
-    count = AgentCount(conn, key)
-    sql, fixed = fastsql.expanded(count.statement, conn.dialect, count.params)
-    hits, old = heartbeat_pg.count_and_lock(conn, sql, {**fixed, **count.params}, instance_id)
-    count.check(hits)
-    return old
+    locked = count_and_lock_many([(key, instance_id)])[0]
+    if isinstance(locked, DomainError):
+        raise locked
+    return locked
 
 
 def count_and_lock_many(pairs: list[tuple[str, str]]) -> list:
-    """``count_and_lock`` for a batch of ``(rate-limit key, instance_id)`` of distinct
-    installations, in one statement on PostgreSQL (elsewhere one by one). Returns, in the same
-    order, what ``count_and_lock`` would return for each, or the refusal it would raise
-    (``RateLimited``) as a value: the others go on."""
+    """The rate-limit counts and the installations' locks of a batch of ``(rate-limit key,
+    instance_id)`` of distinct installations, in one statement on PostgreSQL
+    (``cp.heartbeat_pg.count_and_lock_many``). Returns, in the same order, each one's
+    ``locked`` (old values, None for an unknown installation, ``NOT_LOCKED`` on other backends,
+    where the request is only counted), or its refusal (``RateLimited``) as a value: the others
+    go on."""
     from .errors import DomainError
-    from .ratelimit import AgentCount, count_many_statement
+    from .ratelimit import AgentCount, count_agent_request, count_many_statement
 
     conn = db.session.connection()
+    out: list = []
     if conn.dialect.name != "postgresql":
-        out = []
-        for key, instance_id in pairs:
+        for key, _ in pairs:
             try:
-                out.append(count_and_lock(key, instance_id))
+                count_agent_request(key)
             except DomainError as exc:
                 out.append(exc)
+            else:
+                out.append(NOT_LOCKED)
         return out
     counts = [AgentCount(conn, key) for key, _ in pairs]
     keys = [c.params["key"] for c in counts]
     params = {"keys": keys, "window_start": counts[0].window}
     sql, fixed = fastsql.expanded(count_many_statement(), conn.dialect, params)
     got = heartbeat_pg.count_and_lock_many(conn, sql, {**fixed, **params}, [iid for _, iid in pairs])
-    out = []
     for count, key in zip(counts, keys):
         hits, old = got[key]
         try:
@@ -343,13 +346,13 @@ def _touch_portable(conn, st, instance_id: str, provided: dict, now: datetime) -
 def _apply_portable(conn, plan: heartbeat_pg.Planned, now: datetime, bucket: datetime) -> heartbeat_pg.Applied:
     """``cp.heartbeat_pg.apply`` as portable statements (SQLite), for one heartbeat: the same
     writes and results (``touch`` is never needed here: ``_touch`` always applies the fields)."""
-    installation_id, sweep, desired, keep, events, failures, slo = plan[:7]
+    installation_id, desired = plan.installation_id, plan.desired
     st = _statements(conn.dialect.name)
-    if events:
-        conn.execute(st.add_events, events)
+    if plan.events:
+        conn.execute(st.add_events, plan.events)
     swept = conn.execute(st.sweep_alerts, {
         "p_installation_id": installation_id, "now": now, "desired": [d.fingerprint for d in desired],
-        "keep": keep}).all() if sweep else []
+        "keep": plan.keep}).all() if plan.sweep else []
     still_open = {r.fingerprint for r in swept if r.resolved_at is None}
     to_open = [d for d in desired if d.fingerprint not in still_open]
     opened = []
@@ -357,12 +360,12 @@ def _apply_portable(conn, plan: heartbeat_pg.Planned, now: datetime, bucket: dat
         opened = conn.execute(st.open_alerts, [
             {"installation_id": installation_id, "level": d.level, "source": d.source, "fingerprint": d.fingerprint,
              "message": d.message, "opened_at": now, "last_seen_at": now, "occurrences": 1} for d in to_open]).all()
-    if failures:
+    if plan.failures:
         conn.execute(st.upsert_failures, [
             {"installation_id": installation_id, "first_seen_at": now, "last_seen_at": now, **f}
-            for f in failures]).all()
-    if slo is not None:
-        conn.execute(st.slo_sample, {"installation_id": installation_id, "bucket": bucket, **slo})
+            for f in plan.failures]).all()
+    if plan.slo is not None:
+        conn.execute(st.slo_sample, {"installation_id": installation_id, "bucket": bucket, **plan.slo})
     return heartbeat_pg.Applied(swept, opened, None)
 
 

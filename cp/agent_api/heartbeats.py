@@ -59,14 +59,15 @@ def write_batch(items: list[QueuedHeartbeat]) -> None:
         accepted: list[tuple[QueuedHeartbeat, Any]] = []
         ordered = sorted(items, key=lambda i: i.key)
         for item, locked in zip(ordered, count_and_lock_many([(i.rate_key, i.key) for i in ordered])):
-            try:
-                if isinstance(locked, DomainError):  # refused (429): counted, nothing else kept
-                    raise locked
-                if item.nonce is not None:
-                    remember_nonce(item.nonce)
-            except DomainError as exc:
-                item.error = exc
+            if isinstance(locked, DomainError):  # refused (429): counted, nothing else kept
+                item.error = locked
                 continue
+            if item.nonce is not None:
+                try:
+                    remember_nonce(item.nonce)
+                except DomainError as exc:  # a replay: refused the same way
+                    item.error = exc
+                    continue
             accepted.append((item, locked))
         if accepted:
             results = record_heartbeats([(item.payload, locked) for item, locked in accepted], with_pending=True)
