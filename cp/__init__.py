@@ -44,6 +44,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     views.init_app(app)
     admin.init_app(app)
     cli.init_app(app)
+    security.init_wsgi(app)  # last: the outermost WSGI middleware
     return app
 
 

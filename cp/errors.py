@@ -86,6 +86,11 @@ def error_body(status: int, code: str | None = None, message: str | None = None,
     return {"error": code or default_code, "message": message or default_message, "details": details or {}}
 
 
+def error_headers(exc: DomainError) -> dict[str, str]:
+    """The headers a domain error's answer carries besides the body (``Retry-After`` on a 429)."""
+    return {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else {}
+
+
 def error_response(status: int, code: str | None = None, message: str | None = None,
                    details: dict | None = None, headers: dict | None = None):
     from flask import jsonify
@@ -121,8 +126,7 @@ def init_app(app) -> None:
         from .extensions import db
 
         db.session.rollback()
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
-        return _render(exc.status, exc.code, exc.message, exc.details, headers)
+        return _render(exc.status, exc.code, exc.message, exc.details, error_headers(exc))
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):

@@ -24,8 +24,22 @@ def require_json_content_type() -> None:
     """Requests with a body must be ``Content-Type: application/json`` (else 415)."""
     if not request.content_length and not request.get_data(cache=True):
         return  # no body at all (no Content-Length, or 0): nothing to type
-    if request.mimetype != "application/json":
+    if not is_json_content_type(request.headers.get("Content-Type")):
         raise UnsupportedMediaType("Requests with a body must be Content-Type: application/json.")
+
+
+def json_bytes(obj: Any) -> bytes:
+    """A JSON answer's body, as ``jsonify`` writes it (compact, sorted keys, a final newline),
+    for the paths that build their response without it."""
+    return (json.dumps(obj, separators=(",", ":"), sort_keys=True) + "\n").encode()
+
+
+JSON_MIMETYPE = "application/json"
+
+
+def is_json_content_type(value: str | None) -> bool:
+    """``Content-Type: application/json`` (parameters such as ``charset`` aside)."""
+    return value is not None and value.partition(";")[0].strip().lower() == JSON_MIMETYPE
 
 
 def _refuse_constant(name: str):

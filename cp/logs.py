@@ -43,6 +43,19 @@ class TextFormatter(logging.Formatter):
         return f"{line} {extras}" if extras else line
 
 
+ACCESS = logging.getLogger("cp.access")
+UNLOGGED_PATHS = ("/healthz",)
+
+
+def log_request(method: str, path: str, status: int, started: float, remote: str | None, role: str | None) -> None:
+    """The one access line of a request (``started``: its ``time.perf_counter()``)."""
+    if path not in UNLOGGED_PATHS:
+        ACCESS.info("request", extra={
+            "method": method, "path": path[:200], "status": status,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2), "remote": remote, "role": role,
+        })
+
+
 def init_app(app) -> None:
     settings = app.config["CP_SETTINGS"]
     handler = logging.StreamHandler(sys.stderr)
@@ -60,8 +73,6 @@ def init_app(app) -> None:
     app.logger.setLevel(settings.log_level)
     app.logger.propagate = False
 
-    access = logging.getLogger("cp.access")
-
     @app.before_request
     def _start_timer():
         g.cp_started = time.perf_counter()
@@ -69,10 +80,7 @@ def init_app(app) -> None:
     @app.after_request
     def _log_request(response):
         started = g.get("cp_started")
-        if started is not None and request.path not in ("/healthz",):
-            access.info("request", extra={
-                "method": request.method, "path": request.path[:200], "status": response.status_code,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                "remote": request.remote_addr, "role": g.get("cp_role"),
-            })
+        if started is not None:
+            log_request(request.method, request.path, response.status_code, started, request.remote_addr,
+                        g.get("cp_role"))
         return response

@@ -74,22 +74,31 @@ _FIXED_HEADERS = tuple((name, name.lower(), value) for name, value in (
 _CSP_WITHOUT_NONCE = content_security_policy(None)
 
 
-def _set_headers(response):
-    """The security headers, each unless the response already has one: one pass over the
-    response's headers (``Headers.setdefault`` scans them once per header)."""
-    headers = response.headers
-    present = {key.lower() for key, _ in headers.items()}
+def default_headers(present: set[str], *, nonce: str | None, static: bool, hsts: bool) -> list[tuple[str, str]]:
+    """The security headers a response gets, each unless it already has one (``present``: its
+    header names, lowercased)."""
+    out = []
     if "content-security-policy" not in present:
-        nonce = g.get("cp_csp_nonce")
-        headers.add("Content-Security-Policy", content_security_policy(nonce) if nonce else _CSP_WITHOUT_NONCE)
+        out.append(("Content-Security-Policy", content_security_policy(nonce) if nonce else _CSP_WITHOUT_NONCE))
     for name, lowered, value in _FIXED_HEADERS:
         if lowered not in present:
-            headers.add(name, value)
+            out.append((name, value))
+    if "cache-control" not in present and not static:
+        out.append(("Cache-Control", "no-store"))
+    if "strict-transport-security" not in present and hsts:
+        out.append(("Strict-Transport-Security", "max-age=31536000"))
+    return out
+
+
+def _set_headers(response):
+    """``default_headers`` on a Flask response: one pass over its headers (``Headers.setdefault``
+    would scan them once per header)."""
+    headers = response.headers
     endpoint = request.endpoint or ""
-    if "cache-control" not in present and not (endpoint == "static" or endpoint.endswith(".static")):
-        headers.add("Cache-Control", "no-store")
-    if "strict-transport-security" not in present and current_app.config.get("SESSION_COOKIE_SECURE"):
-        headers.add("Strict-Transport-Security", "max-age=31536000")
+    for name, value in default_headers({key.lower() for key, _ in headers.items()}, nonce=g.get("cp_csp_nonce"),
+                                       static=endpoint == "static" or endpoint.endswith(".static"),
+                                       hsts=bool(current_app.config.get("SESSION_COOKIE_SECURE"))):
+        headers.add(name, value)
     return response
 
 
@@ -182,6 +191,12 @@ def init_app(app) -> None:
     app.jinja_env.globals["csp_nonce"] = csp_nonce
     # first of all before_request functions (CSRFProtect's reads the form)
     app.before_request_funcs.setdefault(None, []).insert(0, _refuse_marked_bodies)
+
+
+def init_wsgi(app) -> None:
+    """The outermost WSGI middleware, wrapped last (``create_app``), so that everything inside,
+    Flask and the heartbeat's WSGI path (``cp.agent_api.heartbeats.FastPath``), sees the client's
+    address behind trusted proxies and chunked bodies held to the limit."""
     app.wsgi_app = ChunkedBodyLimit(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])
     proxies = app.config["CP_SETTINGS"].trusted_proxies
     if proxies:

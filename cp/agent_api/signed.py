@@ -20,7 +20,7 @@ import random
 import re
 from datetime import timedelta
 from functools import wraps
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from flask import current_app, g, request
 from sqlalchemy import delete
@@ -41,16 +41,12 @@ def secret_for(instance_id: str | None) -> str | None:
     return cfg.agent_token
 
 
-def _instance_id_of(raw: bytes) -> str | None:
+def _json_object_or_none(raw: bytes) -> dict | None:
     try:
         data = decode_json(raw)
     except BadRequest:
         return None
-    if not isinstance(data, dict):
-        return None
-    g.agent_json = data  # parsed once: the gate hands this object to the view
-    value = data.get("instance_id")
-    return value if isinstance(value, str) else None
+    return data if isinstance(data, dict) else None
 
 
 TIMESTAMP_RE = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,6})?")
@@ -63,13 +59,29 @@ def _invalid(message: str) -> Unauthorized:
     return Unauthorized(message, code="invalid_signature")
 
 
-def verify_request() -> str | None:
-    """Check the signature of the current request; return the signed ``instance_id`` (or None)."""
-    cfg = current_app.config["CP_SETTINGS"]
-    raw = request.get_data(cache=True)
-    instance_id = _instance_id_of(raw)
-    timestamp = request.headers.get(signing.TIMESTAMP_HEADER)
-    if timestamp is None and cfg.require_agent_timestamp:
+class _Mismatch(Unauthorized):
+    """The signature does not match (logged by ``verify_request``; the other refusals are not)."""
+
+    def __init__(self, instance_id: str | None):
+        super().__init__("The x-agent-signature header is missing or does not match the body.",
+                         code="invalid_signature")
+        self.instance_id = instance_id
+
+
+class Signed(NamedTuple):
+    instance_id: str | None  # the body's ``instance_id``, when it is a string
+    data: dict | None  # the body, parsed once, when it is a JSON object
+    nonce: str | None  # the signature, as a replay nonce, when the request is timestamped
+
+
+def check_signature(raw: bytes, signature: str | None, timestamp: str | None) -> Signed:
+    """The agent signing rules, for the Flask gate and the heartbeat's WSGI path
+    (``cp.agent_api.heartbeats.FastPath``) alike: the request's signed parts, or 401
+    ``invalid_signature`` (raised, nothing logged)."""
+    data = _json_object_or_none(raw)
+    value = data.get("instance_id") if data is not None else None
+    instance_id = value if isinstance(value, str) else None
+    if timestamp is None and current_app.config["CP_SETTINGS"].require_agent_timestamp:
         raise _invalid(f"The {signing.TIMESTAMP_HEADER} header is required.")
     if timestamp is not None:
         # ASCII digits only (str.isdigit() accepts "²" or Arabic-Indic digits, which int() or the
@@ -78,13 +90,24 @@ def verify_request() -> str | None:
             raise _invalid(f"The {signing.TIMESTAMP_HEADER} header must be unix seconds.")
         if abs(utcnow().timestamp() - float(timestamp)) > signing.REPLAY_WINDOW_SECONDS:
             raise _invalid("The request timestamp is outside the allowed window of 5 minutes.")
-    header = request.headers.get(signing.SIGNATURE_HEADER)
-    if not signing.verify(secret_for(instance_id), raw, header, timestamp):
+    if not signing.verify(secret_for(instance_id), raw, signature, timestamp):
+        raise _Mismatch(instance_id)
+    return Signed(instance_id, data, signature.strip().lower() if timestamp is not None else None)
+
+
+def verify_request() -> str | None:
+    """Check the signature of the current request; return the signed ``instance_id`` (or None).
+    The parsed body and the nonce are left in ``g.agent_json`` and ``g.agent_nonce``."""
+    raw = request.get_data(cache=True)
+    try:
+        signed = check_signature(raw, request.headers.get(signing.SIGNATURE_HEADER),
+                                 request.headers.get(signing.TIMESTAMP_HEADER))
+    except _Mismatch as exc:
         current_app.logger.info("agent signature refused",
-                                extra={"event": "invalid_signature", "instance_id": (instance_id or "")[:128]})
-        raise _invalid("The x-agent-signature header is missing or does not match the body.")
-    g.agent_nonce = header.strip().lower() if timestamp is not None else None
-    return instance_id
+                                extra={"event": "invalid_signature", "instance_id": (exc.instance_id or "")[:128]})
+        raise
+    g.agent_json, g.agent_nonce = signed.data, signed.nonce
+    return signed.instance_id
 
 
 def remember_nonce(signature: str) -> None:
