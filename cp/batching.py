@@ -30,23 +30,33 @@ class Batcher:
             raise ValueError("max_size must be at least 1")
         self._run = run
         self.max_size = max_size
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._queue: list[Any] = []
+        self._wake: dict[int, Any] = {}  # id(item) -> the lock its thread sleeps on
         self._leading = False
 
     def submit(self, item: Item) -> None:
-        """Queue ``item`` and return once a batch holding it has been run."""
+        """Queue ``item`` and return once a batch holding it has been run.
+
+        A waiting thread sleeps on a lock of its own and is woken once: when its batch is done,
+        or when the leader hands over to it (a shared condition would wake every waiting thread
+        at the end of every batch, for one of them to go on)."""
         item.done = False
-        with self._cond:
+        with self._lock:
             self._queue.append(item)
-            while self._leading and not item.done:
-                self._cond.wait()
+            lead = not self._leading
+            if lead:
+                self._leading = True
+            else:
+                wake = self._wake[id(item)] = threading.Lock()
+                wake.acquire()
+        if not lead:
+            wake.acquire()  # released by the leader: the item is done, or this thread leads now
             if item.done:
                 return
-            self._leading = True
         try:
             while not item.done:
-                with self._cond:
+                with self._lock:
                     batch = self._take()
                 try:
                     self._run(batch)
@@ -56,14 +66,18 @@ class Batcher:
                     if not isinstance(exc, Exception):
                         raise
                 finally:
-                    with self._cond:
+                    with self._lock:
                         for it in batch:
                             it.done = True
-                        self._cond.notify_all()
+                            waiting = self._wake.pop(id(it), None)
+                            if waiting is not None and it is not item:
+                                waiting.release()
         finally:
-            with self._cond:
-                self._leading = False
-                self._cond.notify_all()
+            with self._lock:
+                if self._queue:  # hand over to the thread of the oldest waiting item
+                    self._wake.pop(id(self._queue[0])).release()
+                else:
+                    self._leading = False
 
     def _take(self) -> list[Any]:
         """The next batch: queued items in arrival order, one per key, up to ``max_size``."""
