@@ -43,46 +43,46 @@ class Batcher:
         at the end of every batch, for one of them to go on)."""
         item.done = False
         with self._lock:
-            self._queue.append(item)
             lead = not self._leading
             if lead:
                 self._leading = True
             else:
+                self._queue.append(item)
                 wake = self._wake[id(item)] = threading.Lock()
                 wake.acquire()
         if not lead:
-            wake.acquire()  # released by the leader: the item is done, or this thread leads now
+            wake.acquire()  # released once: the item is done, or this thread leads now
             if item.done:
                 return
         try:
-            while not item.done:
+            with self._lock:
+                batch = self._take(item)
+            try:
+                self._run(batch)
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiting thread
+                for it in batch:
+                    it.error = exc
+                if not isinstance(exc, Exception):
+                    raise
+            finally:
                 with self._lock:
-                    batch = self._take()
-                try:
-                    self._run(batch)
-                except BaseException as exc:  # noqa: BLE001 - handed to every waiting thread
                     for it in batch:
-                        it.error = exc
-                    if not isinstance(exc, Exception):
-                        raise
-                finally:
-                    with self._lock:
-                        for it in batch:
-                            it.done = True
-                            waiting = self._wake.pop(id(it), None)
-                            if waiting is not None and it is not item:
-                                waiting.release()
+                        it.done = True
+                        waiting = self._wake.pop(id(it), None)
+                        if waiting is not None:
+                            waiting.release()
         finally:
             with self._lock:
                 if self._queue:  # hand over to the thread of the oldest waiting item
-                    self._wake.pop(id(self._queue[0])).release()
+                    self._wake.pop(id(self._queue.pop(0))).release()
                 else:
                     self._leading = False
 
-    def _take(self) -> list[Any]:
-        """The next batch: queued items in arrival order, one per key, up to ``max_size``."""
-        batch: list[Any] = []
-        keys: set = set()
+    def _take(self, own: Any) -> list[Any]:
+        """The leader's batch: its own item, then queued items in arrival order, one per key, up
+        to ``max_size``."""
+        batch: list[Any] = [own]
+        keys: set = {own.key}
         rest: list[Any] = []
         for it in self._queue:
             if len(batch) < self.max_size and it.key not in keys:
