@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "bench" / "heartbeat.lua"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-# The production settings docs/performance.md recommends for a 2-core host (one knob each).
+# The production settings docs/performance.md recommends for a 2-core host (one knob each), and
+# ``--reuse-port`` (each worker listens on its own SO_REUSEPORT socket, so the kernel spreads
+# connections over the workers instead of whichever worker wins the race to accept them).
 WORKERS = 2
 THREADS = 8
 
@@ -139,8 +141,8 @@ class Server:
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "gunicorn", "--workers", str(self.workers), "--threads", str(self.threads),
-                "--worker-class", self.worker_class, "--bind", f"127.0.0.1:{self.port}", "--log-level", "warning",
-                self.app]
+                "--worker-class", self.worker_class, "--reuse-port", "--bind", f"127.0.0.1:{self.port}",
+                "--log-level", "warning", self.app]
 
     def start(self) -> "Server":
         self.log_fh = self.logfile.open("ab")
@@ -382,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--env wants NAME=VALUE, got {item!r}")
         env[name] = value
     res: dict = {"fleet": a.fleet, "seconds": a.seconds, "cpus": os.cpu_count(),
-                 "gunicorn": f"{a.workers} workers x {a.threads} threads ({a.worker_class})", "reads_repeat": a.reads_repeat,
+                 "gunicorn": f"{a.workers} workers x {a.threads} threads ({a.worker_class}, --reuse-port)", "reads_repeat": a.reads_repeat,
                  "agent_rate_limit_per_min": int(rate_limit), "extra_env": a.env}
     servers: list[Server] = []
     started = time.monotonic()
