@@ -254,8 +254,7 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """gunicorn on a free port of 127.0.0.1, with ``--reuse-port`` as the README recommends (each
-    worker has a listening socket of its own). Its output goes to a log file (never an unread
+    """gunicorn on a free port of 127.0.0.1. Its output goes to a log file (never an unread
     pipe, which would block the server once it fills)."""
 
     def __init__(self, env: dict[str, str], workers: int = 2, log_path: Path | None = None):
@@ -275,7 +274,7 @@ class LiveServer:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--workers",
-                 str(self.workers), "--threads", "4", "--reuse-port", "--log-level", "warning", "cp:create_app()"],
+                 str(self.workers), "--threads", "4", "--log-level", "warning", "cp:create_app()"],
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + 30
