@@ -74,9 +74,9 @@ _FIXED_HEADERS = tuple((name, name.lower(), value) for name, value in (
 _CSP_WITHOUT_NONCE = content_security_policy(None)
 
 
-def default_headers(present: set[str], *, nonce: str | None, static: bool, hsts: bool) -> list[tuple[str, str]]:
+def default_headers(present: set[str], *, nonce: str | None, static: bool, config) -> list[tuple[str, str]]:
     """The security headers a response gets, each unless it already has one (``present``: its
-    header names, lowercased)."""
+    header names, lowercased; ``config``: the app's, for HSTS behind HTTPS)."""
     out = []
     if "content-security-policy" not in present:
         out.append(("Content-Security-Policy", content_security_policy(nonce) if nonce else _CSP_WITHOUT_NONCE))
@@ -85,7 +85,7 @@ def default_headers(present: set[str], *, nonce: str | None, static: bool, hsts:
             out.append((name, value))
     if "cache-control" not in present and not static:
         out.append(("Cache-Control", "no-store"))
-    if "strict-transport-security" not in present and hsts:
+    if "strict-transport-security" not in present and config.get("SESSION_COOKIE_SECURE"):
         out.append(("Strict-Transport-Security", "max-age=31536000"))
     return out
 
@@ -97,7 +97,7 @@ def _set_headers(response):
     endpoint = request.endpoint or ""
     for name, value in default_headers({key.lower() for key, _ in headers.items()}, nonce=g.get("cp_csp_nonce"),
                                        static=endpoint == "static" or endpoint.endswith(".static"),
-                                       hsts=bool(current_app.config.get("SESSION_COOKIE_SECURE"))):
+                                       config=current_app.config):
         headers.add(name, value)
     return response
 

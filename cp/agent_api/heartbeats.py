@@ -181,7 +181,7 @@ class FastPath:
         status, body, extra = answer
         headers = [*JSON_HEADERS, ("Content-Length", str(len(body))), *extra.items(),
                    *default_headers({"content-type", "content-length", *(k.lower() for k in extra)}, nonce=None,
-                                    static=False, hsts=bool(self.app.config.get("SESSION_COOKIE_SECURE")))]
+                                    static=False, config=self.app.config)]
         start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}", headers)
         return [body]
 
