@@ -133,7 +133,7 @@ def response_body(result: HeartbeatResult) -> bytes:
 
 
 def _response(result: HeartbeatResult):
-    return current_app.response_class(response_body(result), mimetype="application/json")
+    return current_app.response_class(response_body(result), mimetype=JSON_MIMETYPE)
 
 
 def _environ_key(header: str) -> str:
@@ -189,17 +189,17 @@ class FastPath:
         """The raw body, when this path may answer; else None. What was read is handed on to
         Flask in ``wsgi.input`` (a client that sent less than its ``Content-Length`` gets
         Flask's 400)."""
-        length = environ.get("CONTENT_LENGTH") or ""
+        declared = environ.get("CONTENT_LENGTH") or ""
+        length = int(declared) if declared.isascii() and declared.isdigit() else 0
         if (not is_json_content_type(environ.get("CONTENT_TYPE")) or environ.get("HTTP_TRANSFER_ENCODING")
-                or environ.get("cp.body_too_large") or not (length.isascii() and length.isdigit())
-                or not 0 < int(length) <= self.app.config["MAX_CONTENT_LENGTH"]):
+                or environ.get("cp.body_too_large") or not 0 < length <= self.app.config["MAX_CONTENT_LENGTH"]):
             return None
         try:
-            raw = environ["wsgi.input"].read(int(length))
+            raw = environ["wsgi.input"].read(length)
         except Exception:  # noqa: BLE001 - the client went away: Flask answers what is left
             raw = b""
         environ["wsgi.input"] = io.BytesIO(raw)
-        return raw if len(raw) == int(length) else None
+        return raw if len(raw) == length else None
 
     def _answer(self, raw: bytes, environ) -> tuple[int, bytes, dict] | None:
         try:
