@@ -230,6 +230,13 @@ SETTINGS: tuple[Setting, ...] = (
             "in flight share a transaction and its statements (`1`: every heartbeat alone). A heartbeat "
             "never waits for others to arrive; only those that come in while a batch is being written "
             "are grouped."),
+    Setting("CONTROL_PLANE_HEARTBEAT_SYNCHRONOUS_COMMIT", "heartbeat_synchronous_commit", "0", _bool,
+            "`1`: a heartbeat's transaction waits until PostgreSQL has flushed it to disk before the agent is "
+            "answered. `0`: it commits with `synchronous_commit = off` (that transaction only): about a fifth "
+            "more heartbeats per second on a 2-core host (docs/performance.md), and a crash of the database "
+            "server can forget the heartbeats acknowledged in its last moments (at most three times "
+            "`wal_writer_delay`, 0.6 s by default), which the installations report again with their next "
+            "heartbeat. The database stays consistent either way: a transaction is kept whole or not at all."),
     Setting("CONTROL_PLANE_AGENT_RATE_LIMIT", "agent_rate_limit", "600", _int_min(1),
             "Agent requests per installation per minute."),
     Setting("CONTROL_PLANE_TRUSTED_PROXIES", "trusted_proxies", "0", _int_min(0),

@@ -61,17 +61,24 @@ def _set_fields(new_value) -> str:
 SET_FIELDS = _set_fields(lambda k, t: f"%({k})s::{t}")  # from the statement's parameters
 LOCK = "SELECT " + OLD_COLUMNS + " FROM installations WHERE instance_id = %(lock_instance_id)s FOR UPDATE"
 
-# Statement 1 also switches the transaction to the generic plans of its prepared statements:
-# PostgreSQL's default re-plans APPLY for every call (its custom plans look cheaper than the
-# generic one, whose row counts are guesses), about 1.5 ms of planning per call; the heartbeat's
-# statements are index lookups whose plan does not depend on the values (``= ANY(%(ids)s)``).
-GENERIC_PLANS = "set_config('plan_cache_mode', 'force_generic_plan', true)"
+# Statement 1 also sets two things for the rest of its transaction (``set_config(..., true)``: the
+# transaction only, so PgBouncer's transaction pooling keeps working), without a statement of
+# their own:
+# - the generic plans of its prepared statements: PostgreSQL's default re-plans APPLY for every
+#   call (its custom plans look cheaper than the generic one, whose row counts are guesses), about
+#   1.5 ms of planning per call; the heartbeat's statements are index lookups whose plan does not
+#   depend on the values (``= ANY(%(ids)s)``);
+# - ``synchronous_commit``: ``'off'`` unless CONTROL_PLANE_HEARTBEAT_SYNCHRONOUS_COMMIT
+#   (``cp.heartbeats.commit_mode``; the parameter ``synchronous_commit``). The COMMIT then returns
+#   without waiting for the WAL flush, which the WAL writer does a moment later.
+TX_SETTINGS = ("set_config('plan_cache_mode', 'force_generic_plan', true), "
+               "set_config('synchronous_commit', %(synchronous_commit)s, true)")
 
 TOUCH = (
     "WITH old AS (" + LOCK + ")"
     " UPDATE installations AS i SET " + SET_FIELDS +
     " FROM old WHERE i.id = old.id"
-    " RETURNING old.id, " + ", ".join(f"old.{k}" for k in SCALAR_CASTS) + ", " + GENERIC_PLANS
+    " RETURNING old.id, " + ", ".join(f"old.{k}" for k in SCALAR_CASTS) + ", " + TX_SETTINGS
 )
 
 # The heartbeats of one batch (one or more, of distinct installations): one JSON object each.
@@ -182,14 +189,15 @@ class Opened(NamedTuple):
 _count_and_lock_many: dict[str, fastsql.Raw] = {}
 
 
-def count_and_lock_many(conn, count_sql: str, count_params: dict, instance_ids: list[str]) -> dict[str, tuple]:
+def count_and_lock_many(conn, count_sql: str, count_params: dict, instance_ids: list[str],
+                        commit_mode: str) -> dict[str, tuple]:
     """Statement 1, for a batch of heartbeats (or one): ``count_sql`` (``cp.ratelimit.count_many_statement``: one
     request counted per key, ``RETURNING key, count``), then the installations locked in id
     order, with their old values. The rate-limit rows are locked first, all of them (the lock
     waits for the count: ``hit`` is read before the first installation row), so every batch, and
     every single heartbeat, takes its locks in the same order: no deadlock between them. Returns
     ``{key: (count, old values or None)}``; ``count_params["keys"][i]`` is the key of
-    ``instance_ids[i]``."""
+    ``instance_ids[i]``. ``commit_mode``: the transaction's ``synchronous_commit`` (``TX_SETTINGS``)."""
     stmt = _count_and_lock_many.get(count_sql)
     if stmt is None:
         stmt = _count_and_lock_many[count_sql] = fastsql.Raw(
@@ -198,9 +206,9 @@ def count_and_lock_many(conn, count_sql: str, count_params: dict, instance_ids: 
             "), inst AS (SELECT " + OLD_COLUMNS + ", instance_id FROM installations"
             " WHERE instance_id = ANY(%(lock_instance_ids)s::varchar[]) AND (SELECT count(*) FROM hit) >= 0"
             " ORDER BY id FOR UPDATE)"
-            " SELECT pairs.key, hit.count, " + ", ".join(f"inst.{c}" for c in OLD_NAMES) + ", " + GENERIC_PLANS +
+            " SELECT pairs.key, hit.count, " + ", ".join(f"inst.{c}" for c in OLD_NAMES) + ", " + TX_SETTINGS +
             " FROM pairs JOIN hit ON hit.key = pairs.key LEFT JOIN inst ON inst.instance_id = pairs.instance_id")
-    rows = stmt.rows(conn, {**count_params, "lock_instance_ids": instance_ids})
+    rows = stmt.rows(conn, {**count_params, "lock_instance_ids": instance_ids, "synchronous_commit": commit_mode})
     return {r[0]: (r[1], _old(r[2:])) for r in rows}
 
 
@@ -213,11 +221,11 @@ def _old(row: tuple) -> dict | None:
     return old
 
 
-def touch(conn, instance_id: str, provided: dict, now: datetime) -> dict | None:
+def touch(conn, instance_id: str, provided: dict, now: datetime, commit_mode: str) -> dict | None:
     """Statement 1: the installation's old values (``id`` and the scalar fields), or None when
-    it is unknown (nothing written then)."""
+    it is unknown (nothing written then). ``commit_mode`` as for ``count_and_lock_many``."""
     params = {k: provided.get(k) for k in SCALAR_CASTS}
-    params.update(lock_instance_id=instance_id, now=now)
+    params.update(lock_instance_id=instance_id, now=now, synchronous_commit=commit_mode)
     rows = TOUCH_STATEMENT.rows(conn, params)
     return _old(rows[0]) if rows else None
 

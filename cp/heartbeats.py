@@ -143,6 +143,14 @@ class _NotLocked:
 NOT_LOCKED = _NotLocked()
 
 
+def commit_mode() -> str:
+    """The ``synchronous_commit`` of a heartbeat's transaction on PostgreSQL, set by its first
+    statement (``cp.heartbeat_pg.TX_SETTINGS``): ``'off'`` (the COMMIT does not wait for the WAL
+    flush: a database crash can forget the last fraction of a second of heartbeats, which the
+    installations report again a minute later) unless CONTROL_PLANE_HEARTBEAT_SYNCHRONOUS_COMMIT."""
+    return "on" if current_app.config["CP_SETTINGS"].heartbeat_synchronous_commit else "off"
+
+
 def count_and_lock(key: str, instance_id: str | None):
     """The agent gate's statement for a heartbeat (``agent_endpoint(counter=...)``): count the
     request (``cp.ratelimit``; 429 past the limit) and, on PostgreSQL, in the same statement
@@ -187,7 +195,7 @@ def count_and_lock_many(pairs: list[tuple[str, str]]) -> list:
     keys = [c.params["key"] for c in counts]
     params = {"keys": keys, "window_start": counts[0].window}
     sql, fixed = fastsql.expanded(count_many_statement(), conn.dialect, params)
-    got = heartbeat_pg.count_and_lock_many(conn, sql, {**fixed, **params}, [iid for _, iid in pairs])
+    got = heartbeat_pg.count_and_lock_many(conn, sql, {**fixed, **params}, [iid for _, iid in pairs], commit_mode())
     for count, key in zip(counts, keys):
         hits, old = got[key]
         try:
@@ -317,7 +325,7 @@ def _touch(conn, st, pg: bool, instance_id: str, provided: dict, now: datetime, 
     created, applied)``; an unknown installation registers itself (``created``, no old values)."""
     def lock_and_apply():
         if pg:
-            return heartbeat_pg.touch(conn, instance_id, provided, now)
+            return heartbeat_pg.touch(conn, instance_id, provided, now, commit_mode())
         return _touch_portable(conn, st, instance_id, provided, now)
 
     if locked is NOT_LOCKED:

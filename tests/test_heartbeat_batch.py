@@ -270,3 +270,44 @@ def test_a_batch_whose_commit_fails_answers_503_and_is_not_retried(app, clock, m
         for it in items:
             assert not it.alone and it.result is None
             assert it.error.status == 503 and it.error.code == "database_unavailable"
+
+
+@pytest.fixture
+def commit_modes():
+    """``app -> list``: the ``synchronous_commit`` in force at each COMMIT of the app's engine,
+    read in the committing transaction itself (SQLAlchemy's ``commit`` event runs just before it)."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+    engines = []
+
+    def on_commit(conn):
+        seen.append(conn.exec_driver_sql("SHOW synchronous_commit").scalar())
+
+    def watch(app):
+        with app.app_context():
+            engines.append(db.engine)
+        event.listen(engines[-1], "commit", on_commit)
+        return seen
+
+    yield watch
+    for engine in engines:
+        event.remove(engine, "commit", on_commit)
+
+
+@pytest.mark.parametrize("setting, expected", [({}, "off"), ({"CONTROL_PLANE_HEARTBEAT_SYNCHRONOUS_COMMIT": "1"}, "on")])
+def test_heartbeat_transactions_commit_asynchronously_unless_set_and_nothing_else_does(
+        postgres_only, make_app, commit_modes, setting, expected):
+    app = make_app(**setting)
+    seen = commit_modes(app)
+    agent = Agent(app.test_client())
+    assert agent.heartbeat("commit-mode-1", health="ok").status_code == 200  # registers it
+    assert agent.heartbeat("commit-mode-1", health="down").status_code == 200  # steady state, one change
+    with app.app_context():  # a batch of two, through the batcher's own transaction
+        write_batch([queued(hb("commit-mode-1", 1)), queued(hb("commit-mode-2", 1))])
+    heartbeats = list(seen)
+    assert heartbeats == [expected] * 3
+    with app.app_context():  # any other transaction on the same pooled connections: the server's default
+        db.session.execute(select(func.count()).select_from(Installation))
+        db.session.commit()
+    assert seen[len(heartbeats):] == ["on"]
