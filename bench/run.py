@@ -298,7 +298,8 @@ def print_report(res: dict) -> None:
     p(f"peak: service {hb['service_hb_per_s']:,.0f}/s, floor (minimal Flask app) {hb['floor_hb_per_s']:,.0f}/s, "
       f"ratio {hb['ratio']:.2f} (target >= {TARGETS['ratio_min']:.2f}, aim {TARGETS['ratio_aim']:.2f}); "
       f"bare WSGI floor {hb['bare_floor_hb_per_s']:,.0f}/s, ratio {hb['ratio_to_bare']:.2f}")
-    p(f"at {hb['offered_rate']:,.0f}/s offered (80% of the service's peak): service p50 {hb['service_p50_ms']} ms, "
+    p(f"at {hb['offered_rate']:,.0f}/s offered (80% of the service's peak, open loop, {hb['paced_connections']} "
+      f"connections, {hb['paced_event_loop']}): service p50 {hb['service_p50_ms']} ms, "
       f"p99 {hb['service_p99_ms']} ms; floor p50 {hb['floor_p50_ms']} ms, p99 {hb['floor_p99_ms']} ms "
       f"(target p99 < {TARGETS['p99_ms']:.0f} ms)")
     if hb.get("service_side"):
@@ -332,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=20, help="length of each load measurement (default 20)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating service/floor peak rounds (default 2)")
     ap.add_argument("--connections", type=int, default=32, help="wrk connections at peak (default 32)")
+    ap.add_argument("--paced-connections", type=int, default=None,
+                    help="connections of the paced (fixed-rate) runs (default: the same as --connections, so the "
+                         "peak and the latency at 80%% of it are measured with as many connections)")
     ap.add_argument("--wrk-threads", type=int, default=1)
     ap.add_argument("--workers", type=int, default=WORKERS, help=f"gunicorn workers (default {WORKERS})")
     ap.add_argument("--threads", type=int, default=THREADS, help=f"gunicorn threads per worker (default {THREADS})")
@@ -349,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.fleet < 1:
         ap.error("--fleet must be >= 1")
+    paced_connections = a.paced_connections or a.connections
 
     wrk = ensure_wrk()
 
@@ -457,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         paced: dict[str, dict] = {}
         for s in (service, floor):
             mark = s.logfile.stat().st_size
-            r = run_paced(s, bodies, rate=offered, seconds=a.seconds, connections=64, probe=probes[s.name])
+            r = run_paced(s, bodies, rate=offered, seconds=a.seconds, connections=paced_connections,
+                          probe=probes[s.name])
             if r["non_200"] or r["errors"]:
                 raise RuntimeError(f"{s.name}: paced run saw failures: {r}")
             if r["unfinished"]:  # still queued 30 s after the run: the server fell behind (reported)
@@ -486,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
             "installations_per_core_at_80pct": int(offered * 60 / (os.cpu_count() or 1)),
             "wrk_cpu_cores": round(max(r["generator_cores"] for r in runs if "wrk" in r["name"]), 2),
             "paced_cpu_cores": round(max(paced[k]["generator_cores"] for k in paced), 2),
+            "paced_connections": paced_connections, "paced_event_loop": paced["service"].get("event_loop"),
         }
         after = res.get("server_side_after_load", {})
         reads = {k: v for k, v in res["server_side"].items() if k in TARGET_READS}
@@ -527,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
         "server_side_after_load_ms": {k: v["p50_ms"] for k, v in res.get("server_side_after_load", {}).items()},
         "rollout_targets": res["server_side"].get("rollout_create", {}).get("targets"),
         "wrk_cpu_cores": hb["wrk_cpu_cores"], "paced_cpu_cores": hb["paced_cpu_cores"],
+        "connections": a.connections, "paced_connections": hb["paced_connections"],
+        "paced_event_loop": hb["paced_event_loop"],
         "gunicorn": res["gunicorn"], "agent_rate_limit_per_min": res["agent_rate_limit_per_min"],
         "targets_met": res["targets_met"], "total_s": res["total_s"],
     }
