@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bodies", required=True, type=Path)
     p.add_argument("--rate", type=float, help="requests per second (open loop)")
     p.add_argument("--seconds", type=float, default=20)
-    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--connections", type=int, default=32)
     p.add_argument("--once", action="store_true", help="send every body once, as fast as possible")
     p.add_argument("--no-uvloop", action="store_true", help="use asyncio's own event loop")
     a = p.parse_args(argv)
