@@ -227,9 +227,15 @@ SETTINGS: tuple[Setting, ...] = (
             "Login attempts per client address per minute."),
     Setting("CONTROL_PLANE_HEARTBEAT_BATCH_MAX", "heartbeat_batch_max", "16", _int_min(1),
             "Group commit: at most this many heartbeats, of distinct installations, that one process has "
-            "in flight share a transaction and its statements (`1`: every heartbeat alone). A heartbeat "
-            "never waits for others to arrive; only those that come in while a batch is being written "
-            "are grouped."),
+            "in flight share a transaction and its statements (`1`: every heartbeat alone). Those that come "
+            "in while a batch is being written are grouped; a heartbeat that finds its process quiet is "
+            "written at once, alone."),
+    Setting("CONTROL_PLANE_HEARTBEAT_BATCH_WAIT_MS", "heartbeat_batch_wait_ms", "2", _float_min(0),
+            "Group commit under load: before writing a batch, wait at most this long for more heartbeats, "
+            "only when the previous batch held several or others are already waiting, and only until the "
+            "batch holds as many as the process has threads. Adds at most this much to a heartbeat's "
+            "latency under load, for less CPU per heartbeat (docs/performance.md); a quiet process never "
+            "waits. `0`: never waits."),
     Setting("CONTROL_PLANE_HEARTBEAT_SYNCHRONOUS_COMMIT", "heartbeat_synchronous_commit", "0", _bool,
             "`1`: a heartbeat's transaction waits until PostgreSQL has flushed it to disk before the agent is "
             "answered. `0`: it commits with `synchronous_commit = off` (that transaction only): about a fifth "

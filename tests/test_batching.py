@@ -138,3 +138,76 @@ def test_an_exception_in_run_reaches_every_item_of_its_batch_and_nobody_hangs():
 def test_max_size_must_be_positive():
     with pytest.raises(ValueError):
         Batcher(lambda batch: None, max_size=0)
+
+
+def test_wait_s_must_not_be_negative():
+    with pytest.raises(ValueError):
+        Batcher(lambda batch: None, max_size=4, wait_s=-0.001)
+
+
+def test_a_quiet_process_never_waits_for_more_items():
+    run = Recorder()
+    batcher = Batcher(run, max_size=8, wait_s=30)
+    started = time.monotonic()
+    for key in ("a", "b", "c"):
+        batcher.submit(Item(key))
+    assert run.batches == [["a"], ["b"], ["c"]]
+    assert time.monotonic() - started < 10  # not one 30 s wait
+
+
+def busy(batcher_run: Recorder, max_size: int, wait_s: float) -> Batcher:
+    """A batcher whose last batch held 3 items, with 4 items once in it at the same time (made
+    without waiting; then it waits up to ``wait_s``)."""
+    batcher = Batcher(batcher_run, max_size=max_size, wait_s=0)
+    first = submit_all(batcher, [Item("lead")])
+    assert batcher_run.started.wait(10)
+    threads = submit_all(batcher, [Item(f"q{n}") for n in range(3)])
+    wait_queued(batcher, 3)
+    batcher_run.release.set()
+    for t in first + threads:
+        t.join(10)
+        assert not t.is_alive()
+    assert batcher_run.batches == [["lead"], ["q0", "q1", "q2"]]
+    batcher.wait_s = wait_s
+    return batcher
+
+
+def test_under_load_a_leader_waits_for_more_items_until_its_batch_holds_as_many_as_the_process_had():
+    run = Recorder(hold_first=True)
+    batcher = busy(run, max_size=8, wait_s=20)
+    started = time.monotonic()
+    lead = submit_all(batcher, [Item("a")])
+    time.sleep(0.05)  # "a" leads and lingers: the last batch held 3
+    assert run.batches[-1] != ["a"]
+    later = submit_all(batcher, [Item(k) for k in ("b", "c", "d")])
+    for t in lead + later:
+        t.join(15)
+        assert not t.is_alive()
+    # the four went together, as soon as there were as many as the batcher once held (not after 20 s)
+    assert sorted(run.batches[2]) == ["a", "b", "c", "d"] and len(run.batches) == 3
+    assert time.monotonic() - started < 15
+
+
+def test_a_lingering_leader_writes_what_it_has_when_wait_s_is_over():
+    run = Recorder(hold_first=True)
+    batcher = busy(run, max_size=8, wait_s=0.2)
+    started = time.monotonic()
+    batcher.submit(Item("alone"))
+    assert run.batches[-1] == ["alone"]
+    assert time.monotonic() - started >= 0.2  # it waited for company, up to wait_s
+
+
+def test_a_batch_of_one_at_most_never_waits():
+    run = Recorder(hold_first=True)
+    batcher = Batcher(run, max_size=1, wait_s=30)
+    started = time.monotonic()
+    first = submit_all(batcher, [Item("lead")])
+    assert run.started.wait(10)
+    threads = submit_all(batcher, [Item("x"), Item("y")])
+    wait_queued(batcher, 2)
+    run.release.set()
+    for t in first + threads:
+        t.join(10)
+        assert not t.is_alive()
+    assert [len(b) for b in run.batches] == [1, 1, 1]
+    assert time.monotonic() - started < 10

@@ -247,5 +247,7 @@ def heartbeat(data: dict):
 
 
 def init_app(app) -> None:
-    app.extensions[EXTENSION] = Batcher(write_batch, app.config["CP_SETTINGS"].heartbeat_batch_max)
+    settings = app.config["CP_SETTINGS"]
+    app.extensions[EXTENSION] = Batcher(write_batch, settings.heartbeat_batch_max,
+                                        settings.heartbeat_batch_wait_ms / 1000)
     app.wsgi_app = FastPath(app, app.wsgi_app, bp.url_prefix + "/heartbeats")
