@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import event, exc
+from sqlalchemy import event, exc, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .extensions import db
@@ -23,6 +23,22 @@ def insert(table):
 
 def is_postgres() -> bool:
     return dialect_name() == "postgresql"
+
+
+def without_index_only_scans(run):
+    """``run()`` with PostgreSQL's index-only scans off for it alone (``enable_indexonlyscan``,
+    set for the transaction and put back after it), for reads of a table that every heartbeat
+    rewrites. Such a table has no page left all-visible under a fleet's load, so an index-only
+    scan reads the index and then every row from the heap as well, while the planner still
+    costs it by the visibility map of the last ``VACUUM``. If ``run`` fails, the transaction is
+    rolled back, and the setting with it. Elsewhere just ``run()``."""
+    if not is_postgres():
+        return run()
+    old = db.session.execute(text("SELECT current_setting('enable_indexonlyscan'), "
+                                  "set_config('enable_indexonlyscan', 'off', true)")).scalar_one()
+    result = run()
+    db.session.execute(text("SELECT set_config('enable_indexonlyscan', :old, true)"), {"old": old})
+    return result
 
 
 def ping_idle_connections(engine, idle_seconds: float) -> None:

@@ -14,6 +14,7 @@ from flask import current_app
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import joinedload
 
+from .dbutil import without_index_only_scans
 from .errors import NotFound
 from .extensions import db
 from .models import Alert, Installation, InstallationEvent, InstallationPlugin, InstallationSearch, JobFailure
@@ -103,7 +104,9 @@ def list_installations(*, limit: int = 50, offset: int = 0, sort: str = "last_se
     """Installations with their open alert count; each item is ``(Installation, open_alerts)``."""
     conds = installation_filters(now=now, **filters)
     base = select(Installation.id).where(and_(*conds)) if conds else select(Installation.id)
-    total = _count(base)
+    # every heartbeat rewrites its installation's row: a sequential scan counts the whole fleet in
+    # half the time of an index-only scan that visits the heap for every row anyway
+    total = without_index_only_scans(lambda: _count(base))
     stmt = (select(Installation, open_alert_count_column()).where(*conds)
             .order_by(*SORTS.get(sort, SORTS["last_seen"])).limit(limit).offset(offset))
     rows = db.session.execute(stmt).all()

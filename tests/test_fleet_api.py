@@ -143,3 +143,39 @@ def test_api_never_answers_html(client):
     for path in ("/api/installations", "/api/alerts", "/api/nope"):
         resp = client.get(path, headers={"Accept": "text/html"})
         assert resp.mimetype == "application/json"
+
+
+def test_without_index_only_scans_turns_them_off_for_the_call_only(app, postgres_only):
+    from sqlalchemy import text
+
+    from cp.dbutil import without_index_only_scans
+    from cp.extensions import db
+
+    def show():
+        return db.session.execute(text("SHOW enable_indexonlyscan")).scalar_one()
+
+    with app.app_context():
+        assert without_index_only_scans(show) == "off"
+        assert show() == "on"
+        db.session.rollback()
+
+
+def test_the_fleet_total_is_counted_without_index_only_scans(app, client, fleet, postgres_only, monkeypatch):
+    """Every heartbeat rewrites its installation's row, so an index-only scan of the fleet would
+    read the heap for every row as well (docs/performance.md, item 25)."""
+    from sqlalchemy import text
+
+    from cp import fleet as fleet_module
+    from cp.extensions import db
+
+    seen = []
+    count = fleet_module._count
+
+    def recording(stmt):
+        seen.append(db.session.execute(text("SHOW enable_indexonlyscan")).scalar_one())
+        return count(stmt)
+
+    monkeypatch.setattr(fleet_module, "_count", recording)
+    body = client.get("/api/installations?limit=1", headers=S).get_json()
+    assert body["total"] == 3 and len(body["items"]) == 1
+    assert seen == ["off"]
