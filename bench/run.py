@@ -495,8 +495,8 @@ def main(argv: list[str] | None = None) -> int:
         service_peak, floor_peak, bare_peak = (max(peaks[s.name]) for s in servers)
         # the round reported: the median of the service's p99 over the rounds (the worse one of the two
         # middle rounds when their number is even); every round is in the table and the JSON
-        reported = median_round(rounds)
-        offered, paced = reported["offered"], reported
+        paced = median_round(rounds)
+        offered = paced["offered"]
         res["runs"] = runs
         if not a.skip_reads:
             # the same reads again, after the heartbeat load (dead row versions, busier indexes)

@@ -1,6 +1,10 @@
 """Fleet read API: lists, filters, pagination, detail; alert and job-failure triage."""
 import pytest
+from sqlalchemy import text
 
+from cp import fleet as fleet_module
+from cp.dbutil import without_index_only_scans
+from cp.extensions import db
 from tests.conftest import bearer
 
 S = bearer("support")
@@ -146,11 +150,6 @@ def test_api_never_answers_html(client):
 
 
 def test_without_index_only_scans_turns_them_off_for_the_call_only(app, postgres_only):
-    from sqlalchemy import text
-
-    from cp.dbutil import without_index_only_scans
-    from cp.extensions import db
-
     def show():
         return db.session.execute(text("SHOW enable_indexonlyscan")).scalar_one()
 
@@ -163,11 +162,6 @@ def test_without_index_only_scans_turns_them_off_for_the_call_only(app, postgres
 def test_the_fleet_total_is_counted_without_index_only_scans(app, client, fleet, postgres_only, monkeypatch):
     """Every heartbeat rewrites its installation's row, so an index-only scan of the fleet would
     read the heap for every row as well (docs/performance.md, item 25)."""
-    from sqlalchemy import text
-
-    from cp import fleet as fleet_module
-    from cp.extensions import db
-
     seen = []
     count = fleet_module._count
 
