@@ -9,6 +9,11 @@ as the service (``BENCH_FLOOR_DSN`` and ``CONTROL_PLANE_AGENT_TOKEN`` set; the t
 - ``bench.floor:app``, a minimal Flask app (the framework the service is built on): the floor
   the targets are measured against;
 - ``bench.floor:bare``, a bare WSGI callable: how much the framework itself costs.
+
+With ``BENCH_FLOOR_ASYNC_COMMIT=1`` its connections commit asynchronously
+(``synchronous_commit = off``), as the service's heartbeat transactions do: the floor then does
+not wait for the WAL flush either, and its peak is bound by the CPU, as the service's is (the
+bench's "async floor", the reference for the latency target).
 """
 import hashlib
 import hmac
@@ -22,6 +27,7 @@ from flask import Flask, request
 
 SECRET = os.environ["CONTROL_PLANE_AGENT_TOKEN"].encode()
 DSN = os.environ["BENCH_FLOOR_DSN"]
+OPTIONS = "-c synchronous_commit=off" if os.environ.get("BENCH_FLOOR_ASYNC_COMMIT") == "1" else ""
 UPSERT = ("INSERT INTO bench_floor (instance_id, payload, last_seen_at, heartbeats) VALUES (%s, %s, %s, 1) "
           "ON CONFLICT (instance_id) DO UPDATE SET payload = EXCLUDED.payload, "
           "last_seen_at = EXCLUDED.last_seen_at, heartbeats = bench_floor.heartbeats + 1")
@@ -31,7 +37,7 @@ _local = threading.local()
 def _conn() -> psycopg.Connection:
     conn = getattr(_local, "conn", None)
     if conn is None or conn.closed:
-        conn = _local.conn = psycopg.connect(DSN, autocommit=True)
+        conn = _local.conn = psycopg.connect(DSN, autocommit=True, options=OPTIONS)
     return conn
 
 

@@ -5,10 +5,12 @@ One run: create a PostgreSQL database, migrate it (``flask --app cp db upgrade``
 in bulk SQL, time the reads and a rollout over the whole stable channel in-process, start the
 service and the floor (``bench/floor.py``) under the same gunicorn settings, send each of them
 one warm-up heartbeat per installation, then in each round measure the peak of each with ``wrk``
-(service, floor, bare floor) and, right after, the latency of the service and the floor at a fixed
-offered load of 80% of the service's peak of that round with the open-loop generator
-``bench/paced.py`` (the round of the median p99 is reported). Prints a table and, as the last
-line, one JSON object.
+(service, floor, bare floor, async floor) and, right after, the latency of the service and the
+floor at a fixed offered load of 80% of the service's peak of that round with the open-loop
+generator ``bench/paced.py`` (the round of the median p99 is reported), and the latency of the
+async floor (the floor committing as the service does) at 80% of its own peak: whether this
+machine can hold the latency target for a server whose peak is bound by the CPU. Prints a table
+and, as the last line, one JSON object.
 The database is dropped at the end (``--keep-db`` keeps it).
 
     python -m bench.run --fleet 10000 --seconds 20
@@ -281,9 +283,9 @@ def fmt(v, nd=1) -> str:
     return "-" if v is None else (f"{v:,.{nd}f}" if isinstance(v, float) else f"{v:,}")
 
 
-def median_round(rounds: list[dict]) -> dict:
-    """The round whose service p99 is the median of the rounds' (of two middle ones, the worse)."""
-    ordered = sorted(rounds, key=lambda r: (r["service"]["unfinished"] > 0, r["service"]["p99_ms"]))
+def median_round(rounds: list[dict], server: str = "service") -> dict:
+    """The round whose p99 of ``server`` is the median of the rounds' (of two middle ones, the worse)."""
+    ordered = sorted(rounds, key=lambda r: (r[server]["unfinished"] > 0, r[server]["p99_ms"]))
     return ordered[len(ordered) // 2]
 
 
@@ -313,6 +315,11 @@ def print_report(res: dict) -> None:
     p("every round's p99 at 80% of its own peak: service "
       + ", ".join(f"{v} ms at {o:,.0f}/s" for v, o in zip(hb["service_p99_ms_rounds"], hb["offered_rates"]))
       + "; floor " + ", ".join(f"{v} ms" for v in hb["floor_p99_ms_rounds"]))
+    p(f"reference: the floor committing asynchronously, as the service does (peak {hb['async_floor_hb_per_s']:,.0f}/s), "
+      "at 80% of its own peak: "
+      + ", ".join(f"{v} ms at {o:,.0f}/s" for v, o in zip(hb["async_floor_p99_ms_rounds"],
+                                                          hb["async_floor_offered_rates"]))
+      + f" (median {hb['async_floor_p99_ms']} ms)")
     if hb.get("service_side"):
         s = hb["service_side"]
         p(f"server-side duration_ms of those heartbeats (cp.logs): p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms")
@@ -439,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
         bare = Server("bare floor", "bench.floor:bare", env, work / "bare.log", a.workers, a.threads,
                          a.worker_class).start()
         servers.append(bare)
+        async_floor = Server("async floor", "bench.floor:app", {**env, "BENCH_FLOOR_ASYNC_COMMIT": "1"},
+                             work / "async_floor.log", a.workers, a.threads, a.worker_class).start()
+        servers.append(async_floor)
         probes = {s.name: CpuProbe(s.proc.pid, server_dsn, dbname) for s in servers}
         for s in servers:
             t0 = time.monotonic()
@@ -473,10 +483,14 @@ def main(argv: list[str] | None = None) -> int:
             # machine's speed drifts over minutes, so a peak from an earlier round can be a load the
             # machine no longer carries by the time of the paced run
             offered = round(0.8 * peaks[service.name][-1], 1)
+            # the reference for the latency target: the floor committing as the service does (its peak
+            # bound by the CPU too, not by the WAL flush) at 80% of its own peak of this round
+            rates = {service.name: offered, floor.name: offered,
+                     async_floor.name: round(0.8 * peaks[async_floor.name][-1], 1)}
             paced: dict[str, dict] = {}
-            for s in (service, floor):
+            for s in (service, floor, async_floor):
                 mark = s.logfile.stat().st_size
-                r = run_paced(s, bodies, rate=offered, seconds=a.seconds, connections=paced_connections,
+                r = run_paced(s, bodies, rate=rates[s.name], seconds=a.seconds, connections=paced_connections,
                               probe=probes[s.name])
                 if r["non_200"] or r["errors"]:
                     raise RuntimeError(f"{s.name}: paced run saw failures: {r}")
@@ -485,14 +499,14 @@ def main(argv: list[str] | None = None) -> int:
                 if s is service:
                     r["service_side"] = heartbeat_durations(s.logfile, mark)
                 paced[s.name] = r
-                runs.append({"name": f"{s.name} #{rnd} at {offered:,.0f}/s", "rate": r["achieved_rate"],
+                runs.append({"name": f"{s.name} #{rnd} at {rates[s.name]:,.0f}/s", "rate": r["achieved_rate"],
                              "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
                              "errors": r["errors"] + r["non_200"] + r["unfinished"],
                              "server_cores": r["server_cores"], "postgres_cores": r["postgres_cores"],
                              "generator_cores": r["generator_cores"], "machine_busy_cores": r["machine_busy_cores"]})
                 log(f"{runs[-1]['name']}: p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms")
-            rounds.append({"offered": offered, **paced})
-        service_peak, floor_peak, bare_peak = (max(peaks[s.name]) for s in servers)
+            rounds.append({"offered": offered, "async_floor_offered": rates[async_floor.name], **paced})
+        service_peak, floor_peak, bare_peak, async_peak = (max(peaks[s.name]) for s in servers)
         # the round reported: the median of the service's p99 over the rounds (the worse one of the two
         # middle rounds when their number is even); every round is in the table and the JSON
         paced = median_round(rounds)
@@ -512,11 +526,16 @@ def main(argv: list[str] | None = None) -> int:
             "installations_at_80pct": int(offered * 60),
             "installations_per_core_at_80pct": int(offered * 60 / (os.cpu_count() or 1)),
             "wrk_cpu_cores": round(max(r["generator_cores"] for r in runs if "wrk" in r["name"]), 2),
-            "paced_cpu_cores": round(max(r[k]["generator_cores"] for r in rounds for k in ("service", "floor")), 2),
+            "paced_cpu_cores": round(max(r[k]["generator_cores"] for r in rounds
+                                         for k in ("service", "floor", "async floor")), 2),
             "paced_connections": paced_connections, "paced_event_loop": paced["service"].get("event_loop"),
             "offered_rates": [r["offered"] for r in rounds],
             "service_p99_ms_rounds": [r["service"]["p99_ms"] for r in rounds],
             "floor_p99_ms_rounds": [r["floor"]["p99_ms"] for r in rounds],
+            "async_floor_hb_per_s": round(async_peak, 1),
+            "async_floor_offered_rates": [r["async_floor_offered"] for r in rounds],
+            "async_floor_p99_ms_rounds": [r["async floor"]["p99_ms"] for r in rounds],
+            "async_floor_p99_ms": median_round(rounds, "async floor")["async floor"]["p99_ms"],
         }
         after = res.get("server_side_after_load", {})
         reads = {k: v for k, v in res["server_side"].items() if k in TARGET_READS}
@@ -553,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
         "offered_rate": hb["offered_rate"],
         "offered_rates": hb["offered_rates"], "service_p99_ms_rounds": hb["service_p99_ms_rounds"],
         "floor_p99_ms_rounds": hb["floor_p99_ms_rounds"],
+        "async_floor_hb_per_s": hb["async_floor_hb_per_s"], "async_floor_offered_rates": hb["async_floor_offered_rates"],
+        "async_floor_p99_ms_rounds": hb["async_floor_p99_ms_rounds"], "async_floor_p99_ms": hb["async_floor_p99_ms"],
         "service_p50_ms": hb["service_p50_ms"], "service_p99_ms": hb["service_p99_ms"],
         "floor_p50_ms": hb["floor_p50_ms"], "floor_p99_ms": hb["floor_p99_ms"],
         "service_side_heartbeat_ms": hb["service_side"],
