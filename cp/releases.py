@@ -18,7 +18,7 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
-from functools import total_ordering
+from functools import lru_cache, total_ordering
 from typing import Any, Iterable
 
 from cryptography.exceptions import InvalidSignature
@@ -73,6 +73,13 @@ def parse_version(value: str | None) -> SemVer | None:
     """The ``SemVer`` of ``value``, or None when it is not a semantic version."""
     if not isinstance(value, str) or len(value) > MAX_VERSION_LEN:
         return None
+    return _parse(value)
+
+
+@lru_cache(maxsize=4096)
+def _parse(value: str) -> SemVer | None:
+    # a fleet runs a handful of versions: a rollout over 100,000 installations compares each
+    # target's version with the release's (SemVer is immutable, so a cached one can be shared)
     m = SEMVER_RE.match(value)
     if m is None:
         return None

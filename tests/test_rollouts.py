@@ -65,6 +65,15 @@ def test_create_batches_in_a_stable_order(app, client, agent, setup):
     assert [(iid, batch, status) for _id, iid, batch, status, _a in jobs] == [
         ("inst-000", 1, "pending"), ("inst-001", 1, "pending"), ("inst-002", 2, "pending"),
         ("inst-003", 2, "pending"), ("inst-004", 3, "pending")]
+    with app.app_context():  # every field a new job gets (PostgreSQL writes them in one INSERT ... SELECT)
+        rows = db.session.scalars(select(Job).where(Job.rollout_id == body["id"]).order_by(Job.position)).all()
+        assert [(j.installation.instance_id, j.batch, j.position) for j in rows] == [
+            ("inst-000", 1, 0), ("inst-001", 1, 1), ("inst-002", 2, 2), ("inst-003", 2, 3), ("inst-004", 3, 4)]
+        assert {(j.kind, j.release.version, j.status, j.attempts, j.message, j.fetched_at, j.finished_at)
+                for j in rows} == {("update", "1.3.0", "pending", 0, None, None, None)}
+        created = db.session.get(Rollout, body["id"]).created_at
+        assert {j.created_at for j in rows} == {j.updated_at for j in rows} == {created}
+        db.session.remove()
 
 
 def test_channel_defaults_to_the_releases(app, client, setup):
