@@ -258,6 +258,28 @@ def drop_database(server_dsn: str, name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def autovacuum_on(dsn: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute("SHOW autovacuum").fetchone()[0] == "on"
+
+
+def vacuum(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+
+
+def target_reads(before: dict, after_load: dict, after_vacuum: dict | None) -> dict:
+    """The reads the 50 ms target is judged on: for each, the slower median of before and after
+    the load. On a server that never vacuums (``autovacuum = off``, as in a CI configuration),
+    the after-the-load figures are those after the ``VACUUM ANALYZE`` its autovacuum would have
+    run: a fleet's server without autovacuum only gets slower (both are reported)."""
+    later = after_load if after_vacuum is None else after_vacuum
+    reads = {k: v for k, v in before.items() if k in TARGET_READS}
+    reads.update({k: v for k, v in later.items()
+                  if k in TARGET_READS and v["p50_ms"] > reads.get(k, {}).get("p50_ms", 0)})
+    return reads
+
+
 def seed(dsn: str, fleet: int) -> None:
     with psycopg.connect(dsn) as conn:
         for stmt in bf.seed_sql(fleet):
@@ -294,7 +316,7 @@ def print_report(res: dict) -> None:
     p("")
     p(f"control-plane bench: fleet {res['fleet']:,} installations, gunicorn {res['gunicorn']}, "
       f"{res['cpus']} CPUs, {res['seconds']} s per measurement")
-    p(f"seeded: {res['seeded']}")
+    p(f"seeded: {res['seeded']}; the server's autovacuum: {'on' if res['autovacuum'] else 'off'}")
     p("")
     p("Heartbeats (POST /api/heartbeats, steady state: 3 alerts, 1 job failure, SLO figures per body)")
     p(f"{'run':<22}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'server':>9}{'postgres':>10}"
@@ -328,14 +350,21 @@ def print_report(res: dict) -> None:
     p("")
     p(f"Server-side times (in-process, median and worst of {res['reads_repeat']} runs; target: median < "
       f"{TARGETS['read_ms']:.0f} ms for the ones marked *, rollout creation < {TARGETS['rollout_s']:.0f} s)")
-    after = res.get("server_side_after_load", {})
-    p(f"  {'':<28}{'before the load':>24}{'after the load':>26}")
-    p(f"  {'':<28}{'median':>12}{'worst':>12}{'median':>13}{'worst':>12}")
+    columns = [res.get("server_side_after_load", {})]
+    heads = f"{'before the load':>24}{'after the load':>26}"
+    if "server_side_after_vacuum" in res:  # autovacuum off: the reads again after a VACUUM ANALYZE
+        columns.append(res["server_side_after_vacuum"])
+        heads += f"{'after it and a VACUUM':>26}"
+        p("(autovacuum is off on this server: the target counts the reads after the VACUUM, not before it)")
+    p(f"  {'':<28}{heads}")
+    p(f"  {'':<28}{'median':>12}{'worst':>12}" + f"{'median':>13}{'worst':>12}" * len(columns))
     for name, t in res["server_side"].items():
         if "p50_ms" in t:
             extra = f"  targets={t['targets']:,} batches={t['batches']}" if "targets" in t else ""
-            later = after.get(name)
-            later_txt = f"{later['p50_ms']:>10.2f} ms{later['max_ms']:>9.2f} ms" if later else f"{'-':>25}"
+            later_txt = ""
+            for column in columns:
+                later = column.get(name)
+                later_txt += f"{later['p50_ms']:>10.2f} ms{later['max_ms']:>9.2f} ms" if later else f"{'-':>25}"
             mark = "*" if name in TARGET_READS or name == "rollout_create" else " "
             p(f"{mark} {name:<28}{t['p50_ms']:>9.2f} ms{t['max_ms']:>9.2f} ms{later_txt}{extra}")
         else:
@@ -421,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         seed(dsn, a.fleet)
         res["seeded"] = counts(dsn)
+        res["autovacuum"] = autovacuum_on(dsn)
         res["seed_s"] = round(time.monotonic() - t0, 1)
         log(f"seeded in {res['seed_s']} s: {res['seeded']}")
 
@@ -516,6 +546,11 @@ def main(argv: list[str] | None = None) -> int:
             # the same reads again, after the heartbeat load (dead row versions, busier indexes)
             res["server_side_after_load"] = serverside.measure(quiet, a.fleet, release_key, repeat=a.reads_repeat,
                                                                rollout=False)
+            if not res["autovacuum"]:
+                log("autovacuum is off on this server: VACUUM ANALYZE, then the reads once more")
+                vacuum(dsn)
+                res["server_side_after_vacuum"] = serverside.measure(quiet, a.fleet, release_key,
+                                                                     repeat=a.reads_repeat, rollout=False)
         res["heartbeats"] = {
             "service_hb_per_s": round(service_peak, 1), "floor_hb_per_s": round(floor_peak, 1),
             "ratio": round(service_peak / floor_peak, 3), "offered_rate": offered,
@@ -537,10 +572,8 @@ def main(argv: list[str] | None = None) -> int:
             "async_floor_p99_ms_rounds": [r["async floor"]["p99_ms"] for r in rounds],
             "async_floor_p99_ms": median_round(rounds, "async floor")["async floor"]["p99_ms"],
         }
-        after = res.get("server_side_after_load", {})
-        reads = {k: v for k, v in res["server_side"].items() if k in TARGET_READS}
-        reads.update({k: v for k, v in after.items()
-                      if k in TARGET_READS and v["p50_ms"] > reads.get(k, {}).get("p50_ms", 0)})
+        reads = target_reads(res["server_side"], res.get("server_side_after_load", {}),
+                             res.get("server_side_after_vacuum"))
         met = {
             "throughput_ratio_60pct": res["heartbeats"]["ratio"] >= TARGETS["ratio_min"],
             "p99_under_50ms": (res["heartbeats"]["service_p99_ms"] < TARGETS["p99_ms"]
@@ -579,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
         "service_side_heartbeat_ms": hb["service_side"],
         "server_side_ms": {k: v["p50_ms"] for k, v in res["server_side"].items() if "p50_ms" in v},
         "server_side_after_load_ms": {k: v["p50_ms"] for k, v in res.get("server_side_after_load", {}).items()},
+        "autovacuum": res["autovacuum"],
+        "server_side_after_vacuum_ms": {k: v["p50_ms"] for k, v in res.get("server_side_after_vacuum", {}).items()},
         "rollout_targets": res["server_side"].get("rollout_create", {}).get("targets"),
         "wrk_cpu_cores": hb["wrk_cpu_cores"], "paced_cpu_cores": hb["paced_cpu_cores"],
         "connections": a.connections, "paced_connections": hb["paced_connections"],

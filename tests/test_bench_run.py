@@ -7,7 +7,7 @@ import sys
 import pytest
 from sqlalchemy.engine import make_url
 
-from bench.run import median_round
+from bench.run import median_round, target_reads
 
 
 def rnd(offered: float, p99: float, unfinished: int = 0) -> dict:
@@ -65,3 +65,19 @@ def floor_module(monkeypatch, migrated):
 def test_the_async_floor_commits_as_the_service_heartbeats_do(floor_module, postgres_only, env, expected):
     floor = floor_module(**env)
     assert floor._conn().execute("SHOW synchronous_commit").fetchone()[0] == expected
+
+
+def reads(**medians: float) -> dict:
+    return {name: {"p50_ms": ms} for name, ms in medians.items()}
+
+
+def test_the_read_target_takes_the_slower_of_before_and_after_the_load():
+    got = target_reads(reads(fleet_page=20.0, installation_page=40.0, api_alerts_open=10.0),
+                       reads(fleet_page=45.0, installation_page=30.0, api_alerts_open=300.0), None)
+    assert got == reads(fleet_page=45.0, installation_page=40.0)  # api_alerts_open is not a target read
+
+
+def test_without_autovacuum_the_reads_after_the_vacuum_count_instead_of_those_before_it():
+    got = target_reads(reads(fleet_page=20.0, installation_page=40.0), reads(fleet_page=58.0, installation_page=55.0),
+                       reads(fleet_page=30.0, installation_page=35.0))
+    assert got == reads(fleet_page=30.0, installation_page=40.0)
