@@ -285,8 +285,8 @@ def seed(dsn: str, fleet: int) -> None:
         for stmt in bf.seed_sql(fleet):
             conn.execute(stmt)
         conn.commit()
+    vacuum(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("VACUUM ANALYZE")
         conn.execute(bf.FLOOR_SCHEMA)
 
 
@@ -450,8 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         seed(dsn, a.fleet)
         res["seeded"] = counts(dsn)
-        res["autovacuum"] = autovacuum_on(dsn)
         res["seed_s"] = round(time.monotonic() - t0, 1)
+        res["autovacuum"] = autovacuum_on(dsn)
         log(f"seeded in {res['seed_s']} s: {res['seeded']}")
 
         quiet = {**env, "CONTROL_PLANE_LOG_LEVEL": "WARNING"}
@@ -497,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
 
         runs = []
         peaks: dict[str, list[float]] = {s.name: [] for s in servers}
-        rounds: list[dict] = []  # per round: the offered rate and the service's and floor's paced runs
+        rounds: list[dict] = []  # per round: the offered rates and the paced runs of the service and both floors
         for rnd in range(1, a.rounds + 1):
             for s in servers:
                 r = run_wrk(wrk, s, bodies, a.seconds, a.connections, a.wrk_threads, probes[s.name])
