@@ -227,7 +227,7 @@ def run_paced(server: Server, bodies: Path, *, rate: float | None, seconds: floa
 
 
 def heartbeat_durations(logfile: Path, start: int) -> dict:
-    """Server-side ``duration_ms`` of the heartbeats logged after byte ``start`` (cp.logs)."""
+    """Server-side ``duration_ms`` of the heartbeats logged after byte ``start`` (cp.web.logs)."""
     values = []
     with logfile.open("rb") as fh:
         fh.seek(start)
@@ -344,7 +344,7 @@ def print_report(res: dict) -> None:
       + f" (median {hb['async_floor_p99_ms']} ms)")
     if hb.get("service_side"):
         s = hb["service_side"]
-        p(f"server-side duration_ms of those heartbeats (cp.logs): p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms")
+        p(f"server-side duration_ms of those heartbeats (cp.web.logs): p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms")
     p(f"sizing: {hb['installations_at_80pct']:,} installations at one heartbeat a minute on this host at 80% load "
       f"({hb['installations_per_core_at_80pct']:,} per core)")
     p("")

@@ -26,8 +26,9 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app = Flask(__name__, instance_path=env.get("CONTROL_PLANE_INSTANCE_PATH") or None)
     _configure(app, settings)
 
-    from . import admin, agent_api, api, auth, cli, dbutil, errors, logs, metrics, ops, security, views
-    from .extensions import csrf, db, migrate
+    from cp import admin, agent_api, api, auth, cli, dbutil
+    from cp.extensions import csrf, db, migrate
+    from cp.web import errors, health, logs, metrics, pages, security
 
     logs.init_app(app)
     db.init_app(app)
@@ -37,11 +38,11 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     errors.init_app(app)
     security.init_app(app)
     auth.init_app(app)
-    ops.init_app(app)
+    health.init_app(app)
     metrics.init_app(app)
     agent_api.init_app(app)
     api.init_app(app)
-    views.init_app(app)
+    pages.init_app(app)
     admin.init_app(app)
     cli.init_app(app)
     security.init_wsgi(app)  # last: the outermost WSGI middleware

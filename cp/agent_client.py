@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from cp.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 
 @dataclass

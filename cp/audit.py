@@ -11,10 +11,10 @@ from flask import g, request
 from sqlalchemy import func, insert, select
 from werkzeug.exceptions import HTTPException
 
-from .errors import DomainError
-from .extensions import db
-from .models import AuditLog
-from .timeutil import utcnow
+from cp.errors import DomainError
+from cp.extensions import db
+from cp.models import AuditLog
+from cp.timeutil import utcnow
 
 
 def _session_role() -> str | None:

@@ -28,9 +28,10 @@ from flask_wtf import FlaskForm
 from wtforms import PasswordField
 from wtforms.validators import DataRequired
 
-from . import ratelimit, security
-from .errors import Forbidden, Unauthorized
-from .extensions import csrf, db, login_manager
+from cp.web import limits as ratelimit
+from cp.web import security
+from cp.errors import Forbidden, Unauthorized
+from cp.extensions import csrf, db, login_manager
 
 ROLES = ("support", "ops", "admin")
 ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
@@ -83,7 +84,7 @@ def _load_user(user_id: str) -> RoleUser | None:
     token = settings().role_tokens().get(role)
     if not token or not hmac.compare_digest(fingerprint.encode(), _token_fingerprint(token).encode()):
         return None
-    # the server-side half of the login: gone after logout or expiry (cp.security)
+    # the server-side half of the login: gone after logout or expiry (cp.web.security)
     if security.login_session_role(session.get(security.SESSION_KEY)) != role:
         return None
     return RoleUser(role, fingerprint)
@@ -102,7 +103,7 @@ def current_role() -> str | None:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("Send Authorization: Bearer <role token>.", code="invalid_token")
-        ratelimit.check_bearer_allowed()  # a wrong bearer token is a login attempt (cp.ratelimit)
+        ratelimit.check_bearer_allowed()  # a wrong bearer token is a login attempt (cp.web.limits)
         role = role_for_token(token.strip())
         if role is None:
             ratelimit.count_failed_bearer()

@@ -11,9 +11,11 @@ from flask.cli import with_appcontext
 
 from config import SETTINGS
 
-from .agent_client import build_request
-from .agent_api.signed import secret_for
-from .timeutil import isoformat, utcnow
+from cp.agent_client import build_request
+from cp.background import worker
+from cp.delivery import cli as delivery_cli
+from cp.agent_api.signed import secret_for
+from cp.timeutil import isoformat, utcnow
 
 DEMO_CLIENTS = [
     ("Acme SA", "acme.com"), ("Globex", "globex.io"), ("Initech", "initech.net"), ("Umbrella", "umbrella.co"),
@@ -120,11 +122,5 @@ def init_app(app) -> None:
     app.cli.add_command(seed_demo)
     app.cli.add_command(env_table)
     app.cli.add_command(gen_token)
-    for module in ("worker", "releases_cli"):
-        try:
-            mod = __import__(f"cp.{module}", fromlist=["init_cli"])
-        except ModuleNotFoundError as exc:  # a feature module not written yet
-            if exc.name != f"cp.{module}":
-                raise
-            continue
-        mod.init_cli(app)
+    worker.init_cli(app)
+    delivery_cli.init_cli(app)

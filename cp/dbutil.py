@@ -7,7 +7,7 @@ import time
 from sqlalchemy import event, exc, text
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .extensions import db
+from cp.extensions import db
 
 
 def dialect_name() -> str:

@@ -1,11 +1,11 @@
 """The heartbeat's statements on PostgreSQL: two round trips whatever the heartbeat carries
 (one per heartbeat and one per batch under group commit).
 
-``cp.heartbeats.record_heartbeats`` decides (the rules live there, once); this module only
+``cp.fleet.heartbeats.record_heartbeats`` decides (the rules live there, once); this module only
 writes what was decided, in as few statements as PostgreSQL allows:
 
 1. ``COUNT_AND_LOCK``, sent by the agent gate (``cp.agent_api.signed``) in place of the bare
-   rate-limit count: the request's rate-limit count (``cp.ratelimit``'s upsert, as a CTE) and
+   rate-limit count: the request's rate-limit count (``cp.web.limits``'s upsert, as a CTE) and
    the installation row locked (``FOR UPDATE`` returns its latest committed version) with its
    *old* values (history events, derived alerts and the rollout channel hook need them). The
    gate's order stays: 429 before the body is parsed or validated. (``TOUCH`` does the lock and
@@ -29,7 +29,7 @@ writes what was decided, in as few statements as PostgreSQL allows:
 
 The SQL is sent through ``cp.fastsql.Raw`` (no statement compilation or result object per request);
 SQLAlchemy's cursor events still see it (``tests/test_heartbeat_statements.py`` counts them).
-Any other backend runs the portable statements of ``cp.heartbeats`` instead.
+Any other backend runs the portable statements of ``cp.fleet.heartbeats`` instead.
 """
 from __future__ import annotations
 
@@ -37,9 +37,9 @@ import json
 from datetime import datetime
 from typing import NamedTuple
 
-from . import fastsql
-from .models import HEARTBEAT_MANAGED_SOURCES
-from .timeutil import as_utc
+from cp import fastsql
+from cp.models import HEARTBEAT_MANAGED_SOURCES
+from cp.timeutil import as_utc
 
 SCALAR_CASTS = {
     "domain": "varchar", "client": "varchar", "version": "varchar", "release_channel": "varchar",
@@ -69,7 +69,7 @@ LOCK = "SELECT " + OLD_COLUMNS + " FROM installations WHERE instance_id = %(lock
 #   1.5 ms of planning per call; the heartbeat's statements are index lookups whose plan does not
 #   depend on the values (``= ANY(%(ids)s)``);
 # - ``synchronous_commit``: ``'off'`` unless CONTROL_PLANE_HEARTBEAT_SYNCHRONOUS_COMMIT
-#   (``cp.heartbeats.commit_mode``; the parameter ``synchronous_commit``). The COMMIT then returns
+#   (``cp.fleet.heartbeats.commit_mode``; the parameter ``synchronous_commit``). The COMMIT then returns
 #   without waiting for the WAL flush, which the WAL writer does a moment later.
 TX_SETTINGS = ("set_config('plan_cache_mode', 'force_generic_plan', true), "
                "set_config('synchronous_commit', %(synchronous_commit)s, true)")
@@ -139,7 +139,7 @@ SELECT 'swept' AS kind, installation_id, id, fingerprint, level, source, message
 UNION ALL
 SELECT 'opened', installation_id, id, fingerprint, NULL, NULL, NULL, NULL, NULL FROM opened
 """
-# with what waits for each agent (``cp.heartbeats.pending_for``'s statement, per installation of
+# with what waits for each agent (``cp.fleet.heartbeats.pending_for``'s statement, per installation of
 # the batch, as one more CTE): pending rows carry the two flags in ``level``/``source`` and a due
 # verification's ``backup_id`` / ``scheduled_for`` in ``message`` / ``opened_at``
 RESULT_WITH_PENDING = RESULT + """UNION ALL
@@ -191,7 +191,7 @@ _count_and_lock_many: dict[str, fastsql.Raw] = {}
 
 def count_and_lock_many(conn, count_sql: str, count_params: dict, instance_ids: list[str],
                         commit_mode: str) -> dict[str, tuple]:
-    """Statement 1, for a batch of heartbeats (or one): ``count_sql`` (``cp.ratelimit.count_many_statement``: one
+    """Statement 1, for a batch of heartbeats (or one): ``count_sql`` (``cp.web.limits.count_many_statement``: one
     request counted per key, ``RETURNING key, count``), then the installations locked in id
     order, with their old values. The rate-limit rows are locked first, all of them (the lock
     waits for the count: ``hit`` is read before the first installation row), so every batch, and
@@ -231,10 +231,10 @@ def touch(conn, instance_id: str, provided: dict, now: datetime, commit_mode: st
 
 
 class Planned(NamedTuple):
-    """One heartbeat of a batch, as ``cp.heartbeats`` decided it: what ``apply`` writes."""
+    """One heartbeat of a batch, as ``cp.fleet.heartbeats`` decided it: what ``apply`` writes."""
     installation_id: int
     sweep: bool
-    desired: list  # of cp.heartbeats.DesiredAlert
+    desired: list  # of cp.fleet.heartbeats.DesiredAlert
     keep: list[str]
     events: list[dict]
     failures: list[dict]

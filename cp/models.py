@@ -27,8 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from .extensions import db
-from .timeutil import as_utc, utcnow
+from cp.extensions import db
+from cp.timeutil import as_utc, utcnow
 
 # --- enumerations (one place) ---------------------------------------------------------------
 HEALTH_VALUES = ("ok", "degraded", "down")
@@ -470,7 +470,7 @@ class AuditLog(db.Model):
 
 class RateLimitBucket(db.Model):
     """Fixed-window request counters shared by every process (login and agent limits): one row
-    per key, restarted in place when a new window begins (``cp.ratelimit``)."""
+    per key, restarted in place when a new window begins (``cp.web.limits``)."""
 
     __tablename__ = "rate_limit_buckets"
 
@@ -495,7 +495,7 @@ class AgentNonce(db.Model):
 class LoginSession(db.Model):
     """A person's login: the session cookie carries a random id whose SHA-256 is the key here.
     The user loader checks the row on every request; logout deletes it, so a copied cookie
-    stops working (``cp.security``)."""
+    stops working (``cp.web.security``)."""
 
     __tablename__ = "login_sessions"
 

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from cp.agent_client import AgentClient
 from cp.extensions import db
 from cp.models import Alert, Installation, InstallationEvent, Job, Release, Rollout
-from cp.releases import public_key_b64, sign_manifest
+from cp.delivery.releases import public_key_b64, sign_manifest
 from tests.conftest import AGENT_TOKEN, LiveServer, base_env, bearer
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

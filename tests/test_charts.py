@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 from markupsafe import Markup
 
-from cp import charts
-from cp.history import _downsample
+from cp.web import charts
+from cp.fleet.history import _downsample
 
 T0 = datetime(2026, 11, 27, 0, 0, tzinfo=timezone.utc)
 SVG = "{http://www.w3.org/2000/svg}"

@@ -271,7 +271,7 @@ def outbox_rows(app) -> list[OutboxEvent]:
 
 
 def test_a_worker_killed_during_delivery_delivers_later_once(make_app, env, webhook_receiver, tmp_path):
-    from cp import outbox
+    from cp.background import outbox
 
     hook = {**WEBHOOK_ENV, "CONTROL_PLANE_ALERT_WEBHOOK_URL": webhook_receiver.url}
     app = make_app(**hook)

@@ -2,7 +2,7 @@
 import pytest
 from sqlalchemy import text
 
-from cp import fleet as fleet_module
+from cp.fleet import queries as fleet_module
 from cp.dbutil import without_index_only_scans
 from cp.extensions import db
 from tests.conftest import bearer

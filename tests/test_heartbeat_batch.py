@@ -14,7 +14,7 @@ from cp.agent_api.schemas import HeartbeatSchema
 from cp.errors import RateLimited, Unauthorized
 from cp.extensions import db
 from cp.models import Alert, Installation, InstallationEvent, JobFailure, RateLimitBucket, RestoreVerification, SloSample
-from cp.ratelimit import agent_key
+from cp.web.limits import agent_key
 from cp.signing import sign
 from tests.conftest import AGENT_TOKEN, Agent, build_request, is_postgres
 from tests.test_heartbeat_statements import SLO_ENV, StatementCounter

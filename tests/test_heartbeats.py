@@ -172,7 +172,7 @@ def test_backup_failed_or_stale_opens_alerts_resolved_by_fresh_ok_backup(app, ag
 
 
 def test_stale_alert_is_resolved_by_the_next_heartbeat(app, agent, clock):
-    from cp.alerts import open_alert
+    from cp.fleet.alerts import open_alert
 
     agent.heartbeat("acme-001")
     with app.app_context():

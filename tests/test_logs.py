@@ -1,10 +1,10 @@
-"""The JSON log line (``cp.logs.JsonFormatter``)."""
+"""The JSON log line (``cp.web.logs.JsonFormatter``)."""
 from __future__ import annotations
 
 import json
 import logging
 
-from cp.logs import JsonFormatter
+from cp.web.logs import JsonFormatter
 
 
 def _record(created: float, **extra) -> logging.LogRecord:

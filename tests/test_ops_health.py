@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import select
 
-from cp import sweeps
+from cp.background import sweeps
 from cp.dbutil import insert
 from cp.extensions import db
 from cp.models import Alert, Installation, InstallationEvent, OutboxEvent, SloSample

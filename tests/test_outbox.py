@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from cp import outbox
+from cp.background import outbox
 from cp.extensions import db
 from cp.models import Alert, OutboxEvent
 from cp.signing import verify_webhook_signature

@@ -30,7 +30,7 @@ def plugin_body(plugin: str, version: str, manifest: dict | None = None, key=KEY
     manifest = manifest if manifest is not None else {
         "plugin": plugin, "version": version, "artifact": f"https://dl.example.com/{plugin}-{version}.zip",
         "sha256": "cd" * 32}
-    from cp.releases import sign_manifest
+    from cp.delivery.releases import sign_manifest
 
     return {"plugin": plugin, "version": version, "manifest": manifest, "signature": sign_manifest(key, manifest),
             "key_id": key_id}
@@ -462,7 +462,7 @@ def test_install_next_and_report(app, client, agent, market):
     assert (job["plugin"], job["version"], job["status"], job["rollout_id"]) == ("payments", "2.0.0", "in_progress",
                                                                                  None)
     assert job["manifest"]["plugin"] == "payments"
-    from cp.releases import trusted_keys, verify_manifest_signature
+    from cp.delivery.releases import trusted_keys, verify_manifest_signature
 
     with app.app_context():
         verify_manifest_signature(job["manifest"], job["signature"], job["key_id"], keys=trusted_keys())
@@ -908,7 +908,7 @@ def test_marketplace_flow_end_to_end(app, live_server, runner, tmp_path):
 
     from cryptography.hazmat.primitives import serialization
 
-    from cp.releases import verify_manifest_signature
+    from cp.delivery.releases import verify_manifest_signature
 
     raw_key = KEY.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 

@@ -127,7 +127,7 @@ def test_one_counter_row_per_key_whatever_the_windows(make_app, clock):
 
 
 def test_prune_forgets_windows_that_are_over(make_app, clock):
-    from cp import ratelimit
+    from cp.web import limits as ratelimit
 
     app = make_app()
     with app.test_request_context(environ_base={"REMOTE_ADDR": "10.1.1.1"}):
@@ -207,9 +207,9 @@ def _served_by(log: Path) -> dict[str, int]:
 
 
 def _early_in_a_window(needed_seconds: float = 30) -> None:
-    """Wait, if need be, for a fresh one-minute window (``cp.ratelimit.WINDOW_SECONDS``): counts
+    """Wait, if need be, for a fresh one-minute window (``cp.web.limits.WINDOW_SECONDS``): counts
     restart when a window begins, so a test that crossed a boundary would see its limit twice."""
-    from cp.ratelimit import WINDOW_SECONDS
+    from cp.web.limits import WINDOW_SECONDS
 
     left = WINDOW_SECONDS - time.time() % WINDOW_SECONDS
     if left < needed_seconds:

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from cp.releases import canonical_manifest, compare_versions, is_version, parse_version
+from cp.delivery.releases import canonical_manifest, compare_versions, is_version, parse_version
 from tests.conftest import bearer
 from tests.rollout_helpers import (  # noqa: F401  (env is a fixture)
     KEY,
@@ -203,7 +203,7 @@ def test_cli_sign_plugin_manifest(runner, tmp_path):
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)
     assert body["plugin"] == "payments" and body["key_id"] == "k1" and "channel" not in body
-    from cp.releases import verify_manifest_signature
+    from cp.delivery.releases import verify_manifest_signature
     from cryptography.hazmat.primitives import serialization
     import base64
 
@@ -235,7 +235,7 @@ def test_cli_sign_rejects_a_non_key(runner, tmp_path):
 
 def test_sign_matches_library(tmp_path):
     """The scheme the CLI uses is the one the server verifies (written once)."""
-    from cp.releases import sign_manifest, verify_manifest_signature
+    from cp.delivery.releases import sign_manifest, verify_manifest_signature
     from cryptography.hazmat.primitives import serialization
 
     manifest = {"version": "1.0.0", "z": [3, 2, 1], "a": {"é": "ü"}}
@@ -244,7 +244,7 @@ def test_sign_matches_library(tmp_path):
 
 
 def test_newest_release(app, client):
-    from cp.releases import newest_release
+    from cp.delivery.releases import newest_release
 
     for v in ("1.10.0", "1.9.0", "1.10.0-rc.1"):
         publish(client, v)
@@ -257,7 +257,7 @@ def test_newest_release(app, client):
 
 def test_manifest_with_nan_is_refused(app, client):
     """NaN is not JSON: the body is refused as such (400), before any signature check."""
-    from cp.releases import sign_manifest
+    from cp.delivery.releases import sign_manifest
 
     manifest = {"version": "1.3.0", "size": float("nan")}
     raw = ('{"version": "1.3.0", "channel": "stable", "key_id": "k1", "signature": "%s", '

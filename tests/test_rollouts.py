@@ -399,7 +399,7 @@ def test_max_failure_ratio(app, client, agent, setup):
 
 
 def test_auto_advance_after_soak(app, client, agent, setup, clock):
-    from cp import rollouts
+    from cp.delivery import rollouts
 
     rid = rollout(client, batch_size=2, auto_advance={"success_ratio": 0.5, "soak_minutes": 30}).get_json()["id"]
     with app.app_context():
@@ -419,7 +419,7 @@ def test_auto_advance_after_soak(app, client, agent, setup, clock):
 
 
 def test_auto_advance_waits_on_failures(app, client, agent, setup, clock):
-    from cp import rollouts
+    from cp.delivery import rollouts
 
     rid = rollout(client, batch_size=2, auto_advance={"success_ratio": 0.5}).get_json()["id"]
     ok, bad = next_job(agent, "inst-000"), next_job(agent, "inst-001")
@@ -574,7 +574,7 @@ def test_full_flow_with_the_reference_agent(app, live_server, tmp_path):
         a = agents[iid]
         assert a.heartbeat()["pending"]["update"] is True
         job = a.next_update()["job"]
-        from cp.releases import verify_manifest_signature
+        from cp.delivery.releases import verify_manifest_signature
         from tests.rollout_helpers import KEY
         from cryptography.hazmat.primitives import serialization
 

@@ -136,7 +136,7 @@ def test_admin_and_html_searches_read_the_side_table(client, login_as, registere
 def test_the_search_uses_the_trigram_indexes(app, postgres_only, registered):
     """On PostgreSQL the ILIKEs are answered by the side table's pg_trgm GIN indexes (a tiny
     table would be scanned, so sequential scans are disabled to see which plan is possible)."""
-    from cp import fleet
+    from cp.fleet import queries as fleet
 
     with app.app_context():
         stmt = (select(Installation.id).where(*fleet.installation_filters(q="acme"))

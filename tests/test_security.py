@@ -253,7 +253,7 @@ def test_no_plain_comparison_of_secrets_in_the_code():
 def captured_logs(make_app):
     """The app at DEBUG with every log line (ours, Flask's, werkzeug's, SQLAlchemy's) captured
     in the JSON format used in production."""
-    from cp.logs import JsonFormatter
+    from cp.web.logs import JsonFormatter
 
     app = make_app(CONTROL_PLANE_LOG_LEVEL="DEBUG")
     stream = io.StringIO()

@@ -175,7 +175,8 @@ def test_worker_once_and_prune_history_commands(make_app, webhook_receiver):
 
 
 def test_a_failing_step_does_not_end_the_worker(make_app, monkeypatch):
-    from cp import sweeps, worker as worker_mod
+    from cp.background import sweeps
+    from cp.background import worker as worker_mod
 
     app = make_app()
     calls = []
@@ -193,20 +194,12 @@ def test_a_failing_step_does_not_end_the_worker(make_app, monkeypatch):
     assert len(calls) == 2
 
 
-def test_the_rollout_tick_is_called_when_it_exists(make_app, monkeypatch, clock):
-    import importlib
-    import types
-
-    from cp import sweeps
+def test_the_worker_round_runs_the_rollout_tick(make_app, monkeypatch, clock):
+    from cp.background import sweeps
 
     seen = []
-    fake = types.SimpleNamespace(tick=lambda now: seen.append(now) or "ticked")
-    real_import = importlib.import_module
-    monkeypatch.setattr(sweeps.importlib, "import_module",
-                        lambda name: fake if name == "cp.rollouts" else real_import(name))
+    monkeypatch.setattr(sweeps.rollouts, "tick", lambda now: seen.append(now) or "ticked")
     app = make_app()
     with app.app_context():
         assert sweeps.rollouts_tick() == "ticked"
-        fake.tick = None
-        assert sweeps.rollouts_tick() is None
     assert seen == [clock.now]

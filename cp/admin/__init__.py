@@ -1,7 +1,7 @@
 """The Flask-Admin panel at ``/admin/``: one module per area registers its screens.
 
 Each area module exposes ``register(admin)``; the secure base is ``cp.admin.base``. The index
-is the fleet dashboard (``cp.dashboard``); the panel's pages extend ``admin/cp_base.html``
+is the fleet dashboard (``cp.fleet.dashboard``); the panel's pages extend ``admin/cp_base.html``
 (role, link back to the fleet, log out) and use only assets shipped with the package.
 """
 from __future__ import annotations
@@ -10,10 +10,12 @@ from flask import url_for
 from flask_admin import Admin, expose
 from flask_admin.theme import Bootstrap4Theme
 
-from .. import charts, dashboard
-from .base import SecureIndexView
+from cp.web import charts
+from cp.fleet import dashboard
+from cp.admin import audit, fleet, outbox, plugins, restores, rollouts
+from cp.admin.base import SecureIndexView
 
-AREAS = ("fleet", "rollouts", "restores", "plugins", "outbox", "audit")
+AREAS = (fleet, rollouts, restores, plugins, outbox, audit)  # each registers its screens, in menu order
 
 
 class IndexView(SecureIndexView):
@@ -40,16 +42,10 @@ class IndexView(SecureIndexView):
 
 def init_app(app) -> None:
     theme = Bootstrap4Theme(base_template="admin/cp_base.html", swatch="cerulean", fluid=True)
-    from ..security import csp_nonce
+    from cp.web.security import csp_nonce
 
     admin = Admin(app, name="control-plane", url="/admin", theme=theme,
                   index_view=IndexView(url="/admin", name="Dashboard"),
-                  csp_nonce_generator=csp_nonce)  # its inline scripts carry the CSP nonce (cp.security)
+                  csp_nonce_generator=csp_nonce)  # its inline scripts carry the CSP nonce (cp.web.security)
     for area in AREAS:
-        try:
-            module = __import__(f"{__name__}.{area}", fromlist=["register"])
-        except ModuleNotFoundError as exc:  # an area not written yet
-            if exc.name != f"{__name__}.{area}":
-                raise
-            continue
-        module.register(admin)
+        area.register(admin)

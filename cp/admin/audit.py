@@ -6,12 +6,12 @@ import json
 
 from markupsafe import Markup
 
-from ..auth import ROLES
-from ..extensions import db
-from ..models import AuditLog
-from . import formatters as fmt
-from .base import SecureModelView
-from .filters import ChoiceFilter, TextEqualFilter, date_filters
+from cp.auth import ROLES
+from cp.extensions import db
+from cp.models import AuditLog
+from cp.admin import formatters as fmt
+from cp.admin.base import SecureModelView
+from cp.admin.filters import ChoiceFilter, TextEqualFilter, date_filters
 
 
 def _details(view, context, model, name):

@@ -34,10 +34,10 @@ from flask_wtf import FlaskForm
 from sqlalchemy import func, inspect, literal_column, select
 from sqlalchemy.orm import Query, scoped_session
 
-from .. import audit
-from ..auth import role_allows
-from ..errors import BadRequest, DomainError, Forbidden
-from ..extensions import db
+from cp import audit
+from cp.auth import role_allows
+from cp.errors import BadRequest, DomainError, Forbidden
+from cp.extensions import db
 
 MAX_ACTION_ROWS = 500
 

@@ -16,8 +16,8 @@ from typing import Any, Iterable
 from flask_admin.contrib.sqla.filters import BaseSQLAFilter
 from sqlalchemy import select
 
-from .. import fleet
-from ..models import Installation
+from cp.fleet import queries as fleet
+from cp.models import Installation
 
 DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d")
 

@@ -18,11 +18,11 @@ from markupsafe import Markup
 from sqlalchemy import func, select
 from wtforms import validators
 
-from .. import alerts as alert_domain
-from .. import fleet
-from ..extensions import db
-from ..timeutil import utcnow
-from ..models import (
+from cp.fleet import alerts as alert_domain
+from cp.fleet import queries as fleet
+from cp.extensions import db
+from cp.timeutil import utcnow
+from cp.models import (
     ALERT_LEVELS,
     ALERT_SOURCES,
     BACKUP_STATUS_VALUES,
@@ -32,9 +32,9 @@ from ..models import (
     InstallationEvent,
     JobFailure,
 )
-from . import formatters as fmt
-from .base import SecureModelView, current_role
-from .filters import (
+from cp.admin import formatters as fmt
+from cp.admin.base import SecureModelView, current_role
+from cp.admin.filters import (
     ChoiceFilter,
     InstallationFilter,
     NullStatusFilter,
@@ -120,13 +120,13 @@ class InstallationView(SecureModelView):
         if not is_created and old_channel != model.release_channel:
             channel_changed(model, old_channel)
 
-    # restore verifications (cp.restores): admin only, one per selected installation, due now
+    # restore verifications (cp.delivery.restores): admin only, one per selected installation, due now
     action_roles = {"schedule_restore": "admin"}
 
     @action("schedule_restore", "Schedule restore verification",
             "Schedule a restore verification, due now, on every selected installation?")
     def action_schedule_restore(self, ids):
-        from .. import restores
+        from cp.delivery import restores
 
         self.run_action("restore.schedule", ids,
                         lambda i: f"{len(restores.schedule_for_installations(i, by=current_role()))} "
@@ -135,12 +135,12 @@ class InstallationView(SecureModelView):
 
 def channel_changed(inst: Installation, old_channel: str | None) -> None:
     """A channel edited by hand is a change like one reported by a heartbeat: it goes to the
-    installation's history and joins/leaves open rollouts (``cp.rollouts.on_channel_change``)."""
+    installation's history and joins/leaves open rollouts (``cp.delivery.rollouts.on_channel_change``)."""
     db.session.execute(select(Installation.id).where(Installation.id == inst.id).with_for_update())
     now = utcnow()
     db.session.add(InstallationEvent(installation_id=inst.id, field="release_channel", old_value=old_channel,
                                      new_value=inst.release_channel, at=now))
-    from ..rollouts import on_channel_change
+    from cp.delivery.rollouts import on_channel_change
 
     on_channel_change(inst.id, old_channel, inst.release_channel, inst.version, now)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from flask import url_for
 from markupsafe import Markup
 
-from ..timeutil import isoformat
+from cp.timeutil import isoformat
 
 MESSAGE_PREVIEW = 160
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 from flask_admin.actions import action
 from markupsafe import Markup
 
-from .. import outbox
-from ..extensions import db
-from ..models import OUTBOX_STATUSES, OutboxEvent
-from . import formatters as fmt
-from .base import SecureModelView
-from .filters import ChoiceFilter, date_filters
+from cp.background import outbox
+from cp.extensions import db
+from cp.models import OUTBOX_STATUSES, OutboxEvent
+from cp.admin import formatters as fmt
+from cp.admin.base import SecureModelView
+from cp.admin.filters import ChoiceFilter, date_filters
 
 EVENTS = ("opened", "resolved")
 

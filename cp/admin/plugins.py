@@ -9,7 +9,7 @@ Plugin requests (bulk approve / reject with a reason) and Plugin rollouts (progr
   support, paused/resumed by ops, advanced/cancelled/retried by admin, as core rollouts.
 - Approve asks for confirmation and applies to every selected pending request (requests that
   are no longer pending are skipped and named). Reject leads to a form asking for the reason
-  the agents will read; nothing is rejected without one. Both go through ``cp.plugins`` and are
+  the agents will read; nothing is rejected without one. Both go through ``cp.delivery.plugins`` and are
   audited by ``run_action``.
 """
 from __future__ import annotations
@@ -20,15 +20,15 @@ from flask_admin.actions import action
 from markupsafe import Markup
 from sqlalchemy import select
 
-from .. import plugins
-from ..auth import role_allows
-from ..errors import DomainError, Forbidden
-from ..extensions import db
-from ..models import PLUGIN_REQUEST_STATUSES, PluginRequest, Release, Rollout
-from . import formatters as fmt
-from .base import MAX_ACTION_ROWS, ScopedRows, SecureModelView, current_role
-from .filters import ChoiceFilter, InstallationFilter, TextEqualFilter
-from .rollouts import ReleaseView, RolloutView
+from cp.delivery import plugins
+from cp.auth import role_allows
+from cp.errors import DomainError, Forbidden
+from cp.extensions import db
+from cp.models import PLUGIN_REQUEST_STATUSES, PluginRequest, Release, Rollout
+from cp.admin import formatters as fmt
+from cp.admin.base import MAX_ACTION_ROWS, ScopedRows, SecureModelView, current_role
+from cp.admin.filters import ChoiceFilter, InstallationFilter, TextEqualFilter
+from cp.admin.rollouts import ReleaseView, RolloutView
 
 
 class PluginReleaseView(ReleaseView):

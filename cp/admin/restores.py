@@ -7,11 +7,11 @@ agents.
 """
 from __future__ import annotations
 
-from ..extensions import db
-from ..models import RESTORE_STATUSES, RestoreVerification
-from . import formatters as fmt
-from .base import SecureModelView
-from .filters import ChoiceFilter, InstallationFilter, TextEqualFilter, date_filters
+from cp.extensions import db
+from cp.models import RESTORE_STATUSES, RestoreVerification
+from cp.admin import formatters as fmt
+from cp.admin.base import SecureModelView
+from cp.admin.filters import ChoiceFilter, InstallationFilter, TextEqualFilter, date_filters
 
 
 def _duration(view, context, model, name):

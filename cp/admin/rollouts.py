@@ -3,7 +3,7 @@ Rollouts (progress, per-row buttons and bulk actions), Jobs (read-only, filtered
 
 Who may act: pause/resume are ``ops``; advance, advance with force, cancel and retry are
 ``admin`` (the same split as the JSON API). Buttons a role may not use are not shown, and
-refused server-side (403) all the same. Every action goes through ``cp.rollouts`` and is
+refused server-side (403) all the same. Every action goes through ``cp.delivery.rollouts`` and is
 audited by ``run_action``. A row's "Advance" button carries the batch it was drawn for
 (``from_batch``), so a double click advances once.
 """
@@ -17,14 +17,14 @@ from flask_admin.actions import action
 from flask_wtf.csrf import generate_csrf
 from markupsafe import Markup
 
-from .. import rollouts
-from ..auth import role_allows
-from ..errors import Forbidden
-from ..extensions import db
-from ..models import JOB_STATUSES, ROLLOUT_STATUSES, Job, Release, Rollout
-from . import formatters as fmt
-from .base import ScopedRows, SecureModelView, current_role
-from .filters import ChoiceFilter, InstallationFilter, TextEqualFilter, _Filter
+from cp.delivery import rollouts
+from cp.auth import role_allows
+from cp.errors import Forbidden
+from cp.extensions import db
+from cp.models import JOB_STATUSES, ROLLOUT_STATUSES, Job, Release, Rollout
+from cp.admin import formatters as fmt
+from cp.admin.base import ScopedRows, SecureModelView, current_role
+from cp.admin.filters import ChoiceFilter, InstallationFilter, TextEqualFilter, _Filter
 
 LIST_COUNT_CAP = 10_000
 

@@ -7,15 +7,9 @@ bp = Blueprint("agent_api", __name__, url_prefix="/api")
 
 
 def init_app(app) -> None:
-    from ..extensions import csrf
-    from . import heartbeats  # noqa: F401  (registers routes)
+    from cp.extensions import csrf
+    from cp.agent_api import heartbeats, plugins, restores, updates  # noqa: F401  (register routes)
 
-    for module in ("updates", "restores", "plugins"):
-        try:
-            __import__(f"{__name__}.{module}")
-        except ModuleNotFoundError as exc:  # a feature module not written yet
-            if exc.name != f"{__name__}.{module}":
-                raise
     csrf.exempt(bp)
     app.register_blueprint(bp)
     heartbeats.init_app(app)

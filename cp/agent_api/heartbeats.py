@@ -3,7 +3,7 @@
 A valid heartbeat goes through the process's ``cp.batching.Batcher`` (group commit): the
 heartbeats of distinct installations that arrive while another batch is being written share one
 transaction, one rate-limit count and lock statement each and one statement for everything else
-(``cp.heartbeats.record_heartbeats``). Alone (a test client, a quiet process) it is a batch of
+(``cp.fleet.heartbeats.record_heartbeats``). Alone (a test client, a quiet process) it is a batch of
 one. A body that fails validation, and the heartbeats of a batch that failed, take the single
 path below, which answers in the gate's usual order (415, 401, 429, 400, 422).
 
@@ -22,20 +22,21 @@ from flask import current_app, g, request
 from marshmallow import ValidationError
 from werkzeug.http import HTTP_STATUS_CODES
 
-from .. import signing
-from ..batching import Batcher
-from ..errors import DomainError, Unavailable, error_body, error_headers, log
-from ..extensions import db
-from ..heartbeats import (NOT_LOCKED, HeartbeatResult, count_and_lock, count_and_lock_many, record_heartbeat,
+from cp import signing
+from cp.batching import Batcher
+from cp.errors import DomainError, Unavailable
+from cp.web.errors import error_body, error_headers, log
+from cp.extensions import db
+from cp.fleet.heartbeats import (NOT_LOCKED, HeartbeatResult, count_and_lock, count_and_lock_many, record_heartbeat,
                           record_heartbeats)
-from ..http import JSON_MIMETYPE, check_object, is_json_content_type, json_bytes, load
-from ..logs import log_request
-from ..ratelimit import agent_key
-from ..security import default_headers
-from ..timeutil import isoformat
-from . import bp
-from .schemas import HeartbeatSchema
-from .signed import agent_endpoint, check_signature, remember_nonce
+from cp.web.parsing import JSON_MIMETYPE, check_object, is_json_content_type, json_bytes, load
+from cp.web.logs import log_request
+from cp.web.limits import agent_key
+from cp.web.security import default_headers
+from cp.timeutil import isoformat
+from cp.agent_api import bp
+from cp.agent_api.schemas import HeartbeatSchema
+from cp.agent_api.signed import agent_endpoint, check_signature, remember_nonce
 
 heartbeat_schema = HeartbeatSchema()
 EXTENSION = "cp_heartbeat_batcher"
@@ -157,7 +158,7 @@ class FastPath:
     body it read handed on), which answers it in the gate's order as for any agent request: a
     bad signature or content type, an invalid body, another path or method, a batch that failed
     and rolled back (nothing of it was kept). Its answers carry the same security headers
-    (``cp.security.default_headers``) and access log line (``cp.logs.log_request``) as Flask's.
+    (``cp.web.security.default_headers``) and access log line (``cp.web.logs.log_request``) as Flask's.
     A ``before_request`` or ``after_request`` hook added to the app does not run for the
     heartbeats answered here: what one must do for them belongs in the shared functions above.
     """

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from ..http import DEFAULT_LIMIT, MAX_LIMIT
-from ..models import PLUGIN_REQUEST_STATUSES
-from ..plugins import MAX_REASON, PLUGIN_NAME_HELP, PLUGIN_NAME_RE
-from ..releases import MAX_VERSION_LEN
-from ..schema_fields import StrictInteger, UTCDateTime
-from .schemas import AgentSchema
-from .update_schemas import UpdateJobSchema, UpdateNextSchema, UpdateReportSchema
+from cp.web.parsing import DEFAULT_LIMIT, MAX_LIMIT
+from cp.models import PLUGIN_REQUEST_STATUSES
+from cp.delivery.plugins import MAX_REASON, PLUGIN_NAME_HELP, PLUGIN_NAME_RE
+from cp.delivery.releases import MAX_VERSION_LEN
+from cp.web.fields import StrictInteger, UTCDateTime
+from cp.agent_api.schemas import AgentSchema
+from cp.agent_api.update_schemas import UpdateJobSchema, UpdateNextSchema, UpdateReportSchema
 
 
 class PluginRequestCreateSchema(AgentSchema):

@@ -3,11 +3,12 @@ decisions, and the plugin job pair (``/api/plugins/next``, ``/api/plugins/report
 the update pair of the rollout engine with job kind ``plugin``."""
 from flask import jsonify
 
-from .. import plugins, rollouts
-from ..extensions import db
-from ..http import load
-from . import bp
-from .plugin_schemas import (
+from cp.delivery import plugins
+from cp.delivery import rollouts
+from cp.extensions import db
+from cp.web.parsing import load
+from cp.agent_api import bp
+from cp.agent_api.plugin_schemas import (
     AgentPluginRequestSchema,
     PluginJobSchema,
     PluginNextSchema,
@@ -15,8 +16,8 @@ from .plugin_schemas import (
     PluginRequestCreateSchema,
     PluginRequestsMineSchema,
 )
-from .signed import agent_endpoint
-from .update_schemas import report_response
+from cp.agent_api.signed import agent_endpoint
+from cp.agent_api.update_schemas import report_response
 
 request_schema = AgentPluginRequestSchema()
 job_schema = PluginJobSchema()

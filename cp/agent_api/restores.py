@@ -2,14 +2,14 @@
 from flask import jsonify
 from marshmallow import fields, validate
 
-from .. import restores
-from ..api.restore_schemas import RestoreVerificationSchema
-from ..extensions import db
-from ..http import load
-from ..schema_fields import StrictFloat, StrictInteger
-from . import bp
-from .schemas import MAX_MESSAGE, AgentSchema
-from .signed import agent_endpoint, same_installation
+from cp.delivery import restores
+from cp.api.restore_schemas import RestoreVerificationSchema
+from cp.extensions import db
+from cp.web.parsing import load
+from cp.web.fields import StrictFloat, StrictInteger
+from cp.agent_api import bp
+from cp.agent_api.schemas import MAX_MESSAGE, AgentSchema
+from cp.agent_api.signed import agent_endpoint, same_installation
 
 
 class RestoreReportSchema(AgentSchema):

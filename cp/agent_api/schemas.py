@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, fields, validate
 
-from ..models import ALERT_LEVELS, BACKUP_STATUS_VALUES, HEALTH_VALUES
-from ..schema_fields import StrictFloat, StrictInteger, UTCDateTime, instance_id_field  # noqa: F401
+from cp.models import ALERT_LEVELS, BACKUP_STATUS_VALUES, HEALTH_VALUES
+from cp.web.fields import StrictFloat, StrictInteger, UTCDateTime, instance_id_field  # noqa: F401
 
 MAX_MESSAGE = 2000
 MAX_ITEMS = 200

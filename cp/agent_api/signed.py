@@ -25,13 +25,13 @@ from typing import Callable, NamedTuple
 from flask import current_app, g, request
 from sqlalchemy import delete
 
-from .. import signing
-from ..dbutil import insert
-from ..errors import BadRequest, Forbidden, Unauthorized
-from ..extensions import db
-from ..http import check_object, decode_json, parse_json_object, require_json_content_type
-from ..models import AgentNonce
-from ..timeutil import utcnow
+from cp import signing
+from cp.dbutil import insert
+from cp.errors import BadRequest, Forbidden, Unauthorized
+from cp.extensions import db
+from cp.web.parsing import check_object, decode_json, parse_json_object, require_json_content_type
+from cp.models import AgentNonce
+from cp.timeutil import utcnow
 
 
 def secret_for(instance_id: str | None) -> str | None:
@@ -136,7 +136,7 @@ def agent_endpoint(view: Callable | None = None, *, counter: Callable | None = N
     """Verify, parse and hand the view the JSON object; the view validates it with its schema.
 
     ``counter(key, instance_id)``: counts the request in a statement of the endpoint's choosing
-    instead of ``cp.ratelimit.count_agent_request`` (the heartbeat also locks its installation
+    instead of ``cp.web.limits.count_agent_request`` (the heartbeat also locks its installation
     in it); its result is ``g.agent_counted`` for the view. The order of the checks is the same.
 
     ``batched(key)``: once the signature is verified, may take the whole request over (the
@@ -152,7 +152,7 @@ def agent_endpoint(view: Callable | None = None, *, counter: Callable | None = N
     def wrapped(*args, **kwargs):
         require_json_content_type()
         g.agent_instance_id = verify_request()
-        from ..ratelimit import agent_key, count_agent_request, recount_agent_request
+        from cp.web.limits import agent_key, count_agent_request, recount_agent_request
 
         if batched is not None:
             response = batched(agent_key(g.agent_instance_id))

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from ..rollouts import REPORT_STATUSES
-from ..schema_fields import StrictInteger
-from .schemas import MAX_MESSAGE, AgentSchema
+from cp.delivery.rollouts import REPORT_STATUSES
+from cp.web.fields import StrictInteger
+from cp.agent_api.schemas import MAX_MESSAGE, AgentSchema
 
 
 class UpdateNextSchema(AgentSchema):

@@ -1,12 +1,12 @@
 """``POST /api/updates/next`` and ``POST /api/updates/report`` (agent, signed)."""
 from flask import jsonify
 
-from .. import rollouts
-from ..extensions import db
-from ..http import load
-from . import bp
-from .signed import agent_endpoint
-from .update_schemas import UpdateJobSchema, UpdateNextSchema, UpdateReportSchema, report_response
+from cp.delivery import rollouts
+from cp.extensions import db
+from cp.web.parsing import load
+from cp.agent_api import bp
+from cp.agent_api.signed import agent_endpoint
+from cp.agent_api.update_schemas import UpdateJobSchema, UpdateNextSchema, UpdateReportSchema, report_response
 
 job_schema = UpdateJobSchema()
 

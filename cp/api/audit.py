@@ -4,12 +4,12 @@ from __future__ import annotations
 from flask import jsonify
 from marshmallow import Schema, fields, validate
 
-from .. import audit
-from ..auth import ROLES, role_required
-from ..http import load_args
-from ..schema_fields import UTCDateTime
-from . import bp
-from .schemas import ListArgsSchema, list_schema
+from cp import audit
+from cp.auth import ROLES, role_required
+from cp.web.parsing import load_args
+from cp.web.fields import UTCDateTime
+from cp.api import bp
+from cp.api.schemas import ListArgsSchema, list_schema
 
 
 class AuditArgsSchema(ListArgsSchema):

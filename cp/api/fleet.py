@@ -1,16 +1,16 @@
 """Fleet read API (support+) and alert / job-failure triage (ops+)."""
 from flask import jsonify
 
-from .. import alerts as alert_domain
-from .. import fleet
-from .. import plugins as plugin_domain
-from ..audit import audited
-from ..auth import current_role, role_required
-from ..extensions import db
-from ..http import load_args
-from ..releases import releases_behind
-from . import bp
-from .schemas import (
+from cp.fleet import alerts as alert_domain
+from cp.fleet import queries as fleet
+from cp.delivery import plugins as plugin_domain
+from cp.audit import audited
+from cp.auth import current_role, role_required
+from cp.extensions import db
+from cp.web.parsing import load_args
+from cp.delivery.releases import releases_behind
+from cp.api import bp
+from cp.api.schemas import (
     AlertArgsSchema,
     AlertSchema,
     InstallationArgsSchema,

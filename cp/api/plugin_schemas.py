@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from ..models import PLUGIN_REQUEST_STATUSES, ROLLOUT_STATUSES
-from ..plugins import MAX_REASON, PLUGIN_NAME_HELP, PLUGIN_NAME_RE
-from ..releases import MAX_VERSION_LEN
-from ..schema_fields import UTCDateTime
-from .rollout_schemas import (
+from cp.models import PLUGIN_REQUEST_STATUSES, ROLLOUT_STATUSES
+from cp.delivery.plugins import MAX_REASON, PLUGIN_NAME_HELP, PLUGIN_NAME_RE
+from cp.delivery.releases import MAX_VERSION_LEN
+from cp.web.fields import UTCDateTime
+from cp.api.rollout_schemas import (
     ReleaseCreateSchema,
     ReleaseItemSchema,
     ReleaseSchema,
@@ -18,7 +18,7 @@ from .rollout_schemas import (
     list_schema,
     version_field,
 )
-from .schemas import ListArgsSchema
+from cp.api.schemas import ListArgsSchema
 
 
 def plugin_field(**kw) -> fields.String:

@@ -1,17 +1,18 @@
 """``/api/plugins/*`` for people: plugin releases, requests (list, approve, reject) and plugin
 rollouts. Releases and requests are admin only (as the contract says); reading a plugin rollout
 is support+, pausing/resuming it ops+, everything else admin, as for core rollouts. The
-rollout operations are the engine's (``cp.rollouts``), applied to plugin rollouts only (a core
+rollout operations are the engine's (``cp.delivery.rollouts``), applied to plugin rollouts only (a core
 rollout's id is a 404 here)."""
 from flask import jsonify
 
-from .. import plugins, rollouts
-from ..audit import audited
-from ..auth import current_role, role_required
-from ..extensions import db
-from ..http import load_args, load_json
-from . import bp
-from .plugin_schemas import (
+from cp.delivery import plugins
+from cp.delivery import rollouts
+from cp.audit import audited
+from cp.auth import current_role, role_required
+from cp.extensions import db
+from cp.web.parsing import load_args, load_json
+from cp.api import bp
+from cp.api.plugin_schemas import (
     PluginReleaseArgsSchema,
     PluginReleaseCreateSchema,
     PluginReleaseItemSchema,
@@ -25,7 +26,7 @@ from .plugin_schemas import (
     PluginRolloutDetailSchema,
     PluginRolloutSchema,
 )
-from .rollout_schemas import RolloutAdvanceSchema, RolloutPauseSchema, rollout_data
+from cp.api.rollout_schemas import RolloutAdvanceSchema, RolloutPauseSchema, rollout_data
 
 release_schema = PluginReleaseSchema()
 release_item_schema = PluginReleaseItemSchema()

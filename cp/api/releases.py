@@ -1,13 +1,13 @@
 """``/api/releases``: publish (admin) and list (support+) signed core releases."""
 from flask import jsonify
 
-from .. import releases
-from ..audit import audited
-from ..auth import current_role, role_required
-from ..extensions import db
-from ..http import load_args, load_json
-from . import bp
-from .rollout_schemas import ReleaseArgsSchema, ReleaseCreateSchema, ReleaseItemSchema, ReleaseSchema
+from cp.delivery import releases
+from cp.audit import audited
+from cp.auth import current_role, role_required
+from cp.extensions import db
+from cp.web.parsing import load_args, load_json
+from cp.api import bp
+from cp.api.rollout_schemas import ReleaseArgsSchema, ReleaseCreateSchema, ReleaseItemSchema, ReleaseSchema
 
 release_schema = ReleaseSchema()
 item_schema = ReleaseItemSchema()

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from ..models import RESTORE_STATUSES
-from ..schema_fields import UTCDateTime, instance_id_field
-from .schemas import ListArgsSchema, list_schema
+from cp.models import RESTORE_STATUSES
+from cp.web.fields import UTCDateTime, instance_id_field
+from cp.api.schemas import ListArgsSchema, list_schema
 
 MAX_SCHEDULE = 500
 

@@ -1,13 +1,13 @@
 """``/api/restores``: schedule (admin) and list (admin) restore verifications."""
 from flask import jsonify
 
-from .. import restores
-from ..audit import audited
-from ..auth import current_role, role_required
-from ..extensions import db
-from ..http import load_args, load_json
-from . import bp
-from .restore_schemas import RestoreArgsSchema, RestoreScheduleSchema, RestoreVerificationSchema
+from cp.delivery import restores
+from cp.audit import audited
+from cp.auth import current_role, role_required
+from cp.extensions import db
+from cp.web.parsing import load_args, load_json
+from cp.api import bp
+from cp.api.restore_schemas import RestoreArgsSchema, RestoreScheduleSchema, RestoreVerificationSchema
 
 verification_schema = RestoreVerificationSchema()
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
-from ..models import JOB_STATUSES, ROLLOUT_STATUSES
-from ..releases import MAX_VERSION_LEN, is_version
-from ..rollouts import MAX_BATCH_SIZE, MAX_SOAK_MINUTES
-from ..schema_fields import StrictBoolean, StrictFloat, StrictInteger, UTCDateTime
-from .schemas import ListArgsSchema
+from cp.models import JOB_STATUSES, ROLLOUT_STATUSES
+from cp.delivery.releases import MAX_VERSION_LEN, is_version
+from cp.delivery.rollouts import MAX_BATCH_SIZE, MAX_SOAK_MINUTES
+from cp.web.fields import StrictBoolean, StrictFloat, StrictInteger, UTCDateTime
+from cp.api.schemas import ListArgsSchema
 
 CHANNEL = validate.Length(min=1, max=64)  # as a heartbeat's release_channel
 

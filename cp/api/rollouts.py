@@ -2,14 +2,15 @@
 pause/resume (ops+). Operations by id work for core and plugin rollouts alike."""
 from flask import jsonify
 
-from .. import releases, rollouts
-from ..audit import audited
-from ..auth import current_role, role_required
-from ..errors import Invalid
-from ..extensions import db
-from ..http import load_args, load_json
-from . import bp
-from .rollout_schemas import (
+from cp.delivery import releases
+from cp.delivery import rollouts
+from cp.audit import audited
+from cp.auth import current_role, role_required
+from cp.errors import Invalid
+from cp.extensions import db
+from cp.web.parsing import load_args, load_json
+from cp.api import bp
+from cp.api.rollout_schemas import (
     RolloutAdvanceSchema,
     RolloutArgsSchema,
     RolloutCreateSchema,

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, fields, validate
 
-from ..http import DEFAULT_LIMIT, MAX_LIMIT
-from ..models import ALERT_LEVELS, ALERT_SOURCES, HEALTH_VALUES
-from ..schema_fields import QueryBoolean, UTCDateTime
+from cp.web.parsing import DEFAULT_LIMIT, MAX_LIMIT
+from cp.models import ALERT_LEVELS, ALERT_SOURCES, HEALTH_VALUES
+from cp.web.fields import QueryBoolean, UTCDateTime
 
 
 class ListArgsSchema(Schema):
@@ -108,7 +108,7 @@ class InstallationDetailSchema(InstallationSchema):
     alerts = fields.List(fields.Nested(AlertSchema), dump_only=True)
     job_failures = fields.List(fields.Nested(JobFailureSchema), dump_only=True)
     events = fields.List(fields.Nested(InstallationEventSchema), dump_only=True)
-    # installed plugins and their versions, by name (cp.plugins.installed_plugins)
+    # installed plugins and their versions, by name (cp.delivery.plugins.installed_plugins)
     plugins = fields.List(fields.Nested(InstalledPluginSchema), dump_only=True)
 
 

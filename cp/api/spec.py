@@ -31,9 +31,9 @@ from apispec.yaml_utils import load_operations_from_docstring
 from flask import current_app, jsonify, render_template
 from marshmallow import Schema, fields
 
-from .. import signing
-from ..errors import HTTP_CODES
-from . import bp
+from cp import signing
+from cp.web.errors import HTTP_CODES
+from cp.api import bp
 
 OPENAPI_VERSION = "3.1.0"
 METHODS = ("get", "put", "post", "patch", "delete")

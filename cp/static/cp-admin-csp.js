@@ -1,4 +1,4 @@
-// The admin panel runs under a Content-Security-Policy without inline scripts (cp/security.py).
+// The admin panel runs under a Content-Security-Policy without inline scripts (cp/web/security.py).
 // Flask-Admin's templates use inline onclick handlers for bulk actions and row deletes;
 // cp/templates/admin/actions.html and admin/model/row_actions.html replace them with data
 // attributes handled here. Links to "javascript:" URLs (Flask-Admin's placeholders) never navigate.

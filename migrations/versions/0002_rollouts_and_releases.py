@@ -1,6 +1,6 @@
 """rollouts and releases
 
-Adds what the rollout engine (``cp.rollouts``) relies on beyond the foundation tables:
+Adds what the rollout engine (``cp.delivery.rollouts``) relies on beyond the foundation tables:
 ``rollouts.skipped``; at most one open (active or paused) rollout per channel and per plugin;
 one job per installation per rollout.
 

@@ -1,6 +1,6 @@
 """plugin marketplace
 
-What ``cp.plugins`` relies on beyond the foundation tables (``releases.plugin``,
+What ``cp.delivery.plugins`` relies on beyond the foundation tables (``releases.plugin``,
 ``plugin_requests``, ``installation_plugins``, ``rollouts.kind/plugin``, ``jobs.kind``):
 at most one open (pending) request per installation and plugin, enforced by a partial unique
 index (two agents' requests racing cannot both stay open), and the admin list's status filter.

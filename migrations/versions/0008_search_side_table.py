@@ -6,7 +6,7 @@ index of ``installations``, including the three pg_trgm GIN indexes of 0007 (abo
 PostgreSQL CPU per heartbeat, 0.83 -> 0.50 ms once they were dropped), though instance_id
 never changes and client/domain rarely do.
 
-The search (``?q=``, ``cp.fleet.installation_filters``) now reads ``installation_search``:
+The search (``?q=``, ``cp.fleet.queries.installation_filters``) now reads ``installation_search``:
 one narrow row per installation (instance_id, client, domain) carrying the trigram indexes,
 with GIN's default settings (the pending list no longer fills with heartbeat row versions:
 the table is written only when an installation registers or its client/domain change).

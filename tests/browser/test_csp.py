@@ -1,5 +1,5 @@
 """The Content-Security-Policy in a real browser: every page of the panel and the fleet views
-loads and works with no script or style refused (cp/security.py, docs/security.md)."""
+loads and works with no script or style refused (cp/web/security.py, docs/security.md)."""
 from __future__ import annotations
 
 import pytest

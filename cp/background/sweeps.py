@@ -18,7 +18,6 @@ Rules:
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import zlib
 from datetime import datetime, timedelta
@@ -27,17 +26,18 @@ from typing import Any, Callable
 from flask import current_app
 from sqlalchemy import and_, delete, exists, func, or_, select
 
-from . import ratelimit
-from .agent_api import signed
-from .alerts import alert_payload, enqueue_events
-from .dbutil import insert, is_postgres
-from .extensions import db
-from .fleet import stale_cutoff
-from .heartbeats import backup_age_alert
-from .models import Alert, Installation, OutboxEvent, SloSample
-from .timeutil import isoformat, utcnow
+from cp.web import limits as ratelimit
+from cp.agent_api import signed
+from cp.fleet.alerts import alert_payload, enqueue_events
+from cp.dbutil import insert, is_postgres
+from cp.extensions import db
+from cp.fleet.queries import stale_cutoff
+from cp.fleet.heartbeats import backup_age_alert
+from cp.delivery import rollouts
+from cp.models import Alert, Installation, OutboxEvent, SloSample
+from cp.timeutil import isoformat, utcnow
 
-log = logging.getLogger("cp.sweeps")
+log = logging.getLogger("cp.background.sweeps")
 
 SWEEP_BATCH = 500
 MAX_BATCHES = 1000
@@ -204,21 +204,12 @@ def prune_all(now: datetime | None = None, slo_days: int | None = None) -> dict[
 
 # --- rollouts ------------------------------------------------------------------------------
 def rollouts_tick(now: datetime | None = None) -> Any:
-    """``cp.rollouts.tick(now)`` when that module and function exist (auto-advance, soak...)."""
-    try:
-        module = importlib.import_module("cp.rollouts")
-    except ModuleNotFoundError as exc:
-        if exc.name != "cp.rollouts":
-            raise
-        return None
-    tick = getattr(module, "tick", None)
-    if not callable(tick):
-        return None
+    """The rollout engine's periodic step (``cp.delivery.rollouts.tick``: auto-advance after a soak)."""
     try:
         if not try_lock("rollouts_tick"):
             db.session.rollback()
             return None
-        result = tick(now or utcnow())
+        result = rollouts.tick(now or utcnow())
         db.session.commit()
     except Exception:
         db.session.rollback()

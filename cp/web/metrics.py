@@ -13,11 +13,11 @@ from typing import Iterable
 from flask import Blueprint, Response
 from sqlalchemy import case, func, select
 
-from .auth import role_required
-from .extensions import db
-from .fleet import stale_cutoff
-from .models import Alert, Installation, Job, OutboxEvent, RestoreVerification
-from .timeutil import utcnow
+from cp.auth import role_required
+from cp.extensions import db
+from cp.fleet.queries import stale_cutoff
+from cp.models import Alert, Installation, Job, OutboxEvent, RestoreVerification
+from cp.timeutil import utcnow
 
 bp = Blueprint("metrics", __name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

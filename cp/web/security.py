@@ -29,9 +29,9 @@ from sqlalchemy import delete, select
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import IntegerConverter
 
-from .extensions import db
-from .models import LoginSession
-from .timeutil import utcnow
+from cp.extensions import db
+from cp.models import LoginSession
+from cp.timeutil import utcnow
 
 SESSION_KEY = "sid"
 DB_INT_MAX = 2**31 - 1  # ids are INTEGER columns

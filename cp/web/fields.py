@@ -5,7 +5,7 @@ from marshmallow import fields, validate
 
 from config import INSTANCE_ID_RE
 
-from .timeutil import isoformat
+from cp.timeutil import isoformat
 
 
 class UTCDateTime(fields.DateTime):

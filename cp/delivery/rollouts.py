@@ -44,11 +44,11 @@ from sqlalchemy import (ARRAY, Integer, String, and_, bindparam, case, cast, exi
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
-from . import alerts as alert_domain
-from .dbutil import is_postgres
-from .errors import Conflict, Forbidden, Invalid, NotFound
-from .extensions import db
-from .models import (
+from cp.fleet import alerts as alert_domain
+from cp.dbutil import is_postgres
+from cp.errors import Conflict, Forbidden, Invalid, NotFound
+from cp.extensions import db
+from cp.models import (
     JOB_FINISHED,
     Alert,
     Installation,
@@ -57,10 +57,10 @@ from .models import (
     Release,
     Rollout,
 )
-from .releases import is_newer
-from .timeutil import utcnow
+from cp.delivery.releases import is_newer
+from cp.timeutil import utcnow
 
-log = logging.getLogger("cp.rollouts")
+log = logging.getLogger("cp.delivery.rollouts")
 
 MAX_BATCH_SIZE = 10_000  # one batch at most; a larger fleet simply has more batches
 MAX_SOAK_MINUTES = 7 * 24 * 60
@@ -172,7 +172,7 @@ def list_rollouts(*, limit: int = 50, offset: int = 0, kind: str | None = "core"
 
 
 def empty_counts() -> dict[str, int]:
-    from .models import JOB_STATUSES
+    from cp.models import JOB_STATUSES
 
     return {s: 0 for s in JOB_STATUSES}
 

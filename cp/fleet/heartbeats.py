@@ -27,10 +27,10 @@ from flask import current_app
 from sqlalchemy import Integer, bindparam, case, func, literal, null, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .alerts import agent_alert_fingerprint, alert_payload, enqueue_events, job_failure_fingerprint
-from . import fastsql, heartbeat_pg
-from .extensions import db
-from .models import (
+from cp.fleet.alerts import agent_alert_fingerprint, alert_payload, enqueue_events, job_failure_fingerprint
+from cp import fastsql, heartbeat_pg
+from cp.extensions import db
+from cp.models import (
     HEARTBEAT_MANAGED_SOURCES,
     Alert,
     Installation,
@@ -40,7 +40,7 @@ from .models import (
     SloSample,
     UTCDateTime,
 )
-from .timeutil import isoformat, utcnow
+from cp.timeutil import isoformat, utcnow
 
 SCALAR_FIELDS = (
     "domain", "client", "version", "release_channel", "health", "backup_status", "last_backup_at",
@@ -153,13 +153,13 @@ def commit_mode() -> str:
 
 def count_and_lock(key: str, instance_id: str | None):
     """The agent gate's statement for a heartbeat (``agent_endpoint(counter=...)``): count the
-    request (``cp.ratelimit``; 429 past the limit) and, on PostgreSQL, in the same statement
+    request (``cp.web.limits``; 429 past the limit) and, on PostgreSQL, in the same statement
     lock the installation's row and read its stored fields (``count_and_lock_many`` with one
     heartbeat). Returns what ``record_heartbeat`` takes as ``locked``: the old values, None for
     an unknown installation, or ``NOT_LOCKED`` (other backends, or a body without a readable
     ``instance_id``: only counted)."""
-    from .errors import DomainError
-    from .ratelimit import count_agent_request
+    from cp.errors import DomainError
+    from cp.web.limits import count_agent_request
 
     if not instance_id:
         count_agent_request(key)
@@ -177,8 +177,8 @@ def count_and_lock_many(pairs: list[tuple[str, str]]) -> list:
     ``locked`` (old values, None for an unknown installation, ``NOT_LOCKED`` on other backends,
     where the request is only counted), or its refusal (``RateLimited``) as a value: the others
     go on."""
-    from .errors import DomainError
-    from .ratelimit import AgentCount, count_agent_request, count_many_statement
+    from cp.errors import DomainError
+    from cp.web.limits import AgentCount, count_agent_request, count_many_statement
 
     conn = db.session.connection()
     out: list = []
@@ -250,7 +250,7 @@ def record_heartbeats(batch: list[tuple[dict, Any]], now: datetime | None = None
         state.update(provided)
         if "release_channel" in provided and old.get("release_channel") != provided["release_channel"]:
             # new on a channel, or moved: rollouts add or cancel its jobs (a normal heartbeat skips this)
-            from .rollouts import on_channel_change
+            from cp.delivery.rollouts import on_channel_change
 
             on_channel_change(installation_id, old.get("release_channel"), provided["release_channel"],
                               state.get("version"), now)
@@ -472,7 +472,7 @@ def _pending_statement():
     nothing is due, else one per due verification (at most 100, oldest first)."""
     # exactly when /api/updates/next (or /api/plugins/next) would hand out a job: one rule,
     # written once in the rollout engine
-    from .rollouts import waiting_job_exists
+    from cp.delivery.rollouts import waiting_job_exists
 
     iid = bindparam("installation_id", type_=Integer())
     rv = RestoreVerification.__table__

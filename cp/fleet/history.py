@@ -14,10 +14,10 @@ from datetime import datetime, timedelta
 from flask import current_app
 from sqlalchemy import and_, or_, select
 
-from .charts import TimelineEvent
-from .extensions import db
-from .models import Alert, InstallationEvent, Job, Release, RestoreVerification, SloSample
-from .timeutil import utcnow
+from cp.web.charts import TimelineEvent
+from cp.extensions import db
+from cp.models import Alert, InstallationEvent, Job, Release, RestoreVerification, SloSample
+from cp.timeutil import utcnow
 
 WINDOWS = {"6h": timedelta(hours=6), "24h": timedelta(hours=24), "7d": timedelta(days=7),
            "30d": timedelta(days=30)}

@@ -10,7 +10,7 @@ from typing import Any
 from flask import request
 from marshmallow import Schema, ValidationError
 
-from .errors import BadRequest, DomainError, Invalid
+from cp.errors import BadRequest, DomainError, Invalid
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500

@@ -27,10 +27,10 @@ from flask import current_app
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from .errors import Conflict, Invalid, NotFound
-from .extensions import db
-from .models import Release
-from .timeutil import utcnow
+from cp.errors import Conflict, Invalid, NotFound
+from cp.extensions import db
+from cp.models import Release
+from cp.timeutil import utcnow
 
 MAX_VERSION_LEN = 64
 

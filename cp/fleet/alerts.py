@@ -1,7 +1,7 @@
 """Alert and job-failure lifecycle: identity, open, acknowledge, resolve, and the outbox hook.
 
 Every change that opens or resolves an alert goes through ``enqueue_events`` in the same
-transaction, so the webhook outbox (``cp.outbox``) never misses or invents an event.
+transaction, so the webhook outbox (``cp.background.outbox``) never misses or invents an event.
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from typing import Iterable
 from flask import current_app
 from sqlalchemy import select, update
 
-from .dbutil import insert
-from .errors import NotFound
-from .extensions import db
-from .models import Alert, Installation, JobFailure, OutboxEvent
-from .timeutil import isoformat, utcnow
+from cp.dbutil import insert
+from cp.errors import NotFound
+from cp.extensions import db
+from cp.models import Alert, Installation, JobFailure, OutboxEvent
+from cp.timeutil import isoformat, utcnow
 
 
 # --- identity ------------------------------------------------------------------------------

@@ -4,10 +4,13 @@ from __future__ import annotations
 from flask import Blueprint, render_template, request
 from marshmallow import ValidationError
 
-from . import charts, fleet, history
-from .api.schemas import InstallationArgsSchema
-from .auth import login_required_html
-from .models import BACKUP_STATUS_VALUES, HEALTH_VALUES
+from cp.web import charts
+from cp.fleet import queries as fleet
+from cp.fleet import history
+from cp.delivery import plugins, restores, rollouts
+from cp.api.schemas import InstallationArgsSchema
+from cp.auth import login_required_html
+from cp.models import BACKUP_STATUS_VALUES, HEALTH_VALUES
 
 bp = Blueprint("views", __name__)
 PAGE_SIZE = 50
@@ -26,7 +29,7 @@ def index():
         sort = "last_seen"
     args.setdefault("limit", PAGE_SIZE)
     page = fleet.list_installations(sort=sort, **args)
-    from .releases import releases_behind
+    from cp.delivery.releases import releases_behind
 
     return render_template(
         "fleet.html", page=page, args=args, sort=sort, sorts=list(fleet.SORTS), error=error,
@@ -48,18 +51,9 @@ def installation(instance_id: str):
 
 
 def installation_extras(inst) -> dict:
-    """Sections the feature modules add to the installation page (updates, restores, plugins)."""
-    extras: dict = {}
-    for name, module in (("updates", "cp.rollouts"), ("restores", "cp.restores"), ("plugins", "cp.plugins")):
-        try:
-            mod = __import__(module, fromlist=["installation_history"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        if hasattr(mod, "installation_history"):
-            extras[name] = mod.installation_history(inst.id)
-    return extras
+    """The delivery sections of the installation page: updates, restores, plugins."""
+    return {"updates": rollouts.installation_history(inst.id), "restores": restores.installation_history(inst.id),
+            "plugins": plugins.installation_history(inst.id)}
 
 
 def init_app(app) -> None:
@@ -67,7 +61,7 @@ def init_app(app) -> None:
 
     @app.template_filter("ts")
     def _ts(value):
-        from .timeutil import isoformat
+        from cp.timeutil import isoformat
 
         text = isoformat(value)
         return text.replace("T", " ")[:19] + " UTC" if text else "—"

@@ -1,5 +1,5 @@
 """The plugin marketplace: plugin releases, requests and approvals, and plugin rollouts, built on
-the shared release and rollout machinery (``cp.releases``, ``cp.rollouts``).
+the shared release and rollout machinery (``cp.delivery.releases``, ``cp.delivery.rollouts``).
 
 Nothing here re-implements batching, locking, gating or reporting: this module registers the
 ``plugin`` rollout kind and the ``plugin`` job kind with the engine and adds what only the
@@ -10,7 +10,7 @@ Rules
 - Plugin names: ``PLUGIN_NAME_RE`` (1-128 characters, lower-case letters, digits, ``.``, ``_``,
   ``-``, starting with a letter or digit), so that a name is the same everywhere (URLs,
   filters, the installed-plugin record) and cannot be two names differing only in case.
-- Plugin releases are published with ``cp.releases.publish_release(plugin=...)``: the same
+- Plugin releases are published with ``cp.delivery.releases.publish_release(plugin=...)``: the same
   Ed25519 scheme, the same checks (semantic version equal to ``manifest.version``, trusted
   key, 409 for a version already published for that plugin). A manifest that names its plugin
   (``"plugin"``) must name this one, so a signed manifest of one plugin cannot be published as
@@ -42,12 +42,13 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
-from . import releases, rollouts
-from .dbutil import insert
-from .errors import Conflict, Invalid, NotFound
-from .extensions import db
-from .fleet import Page, _count
-from .models import (
+from cp.delivery import releases
+from cp.delivery import rollouts
+from cp.dbutil import insert
+from cp.errors import Conflict, Invalid, NotFound
+from cp.extensions import db
+from cp.fleet.queries import Page, _count
+from cp.models import (
     Installation,
     InstallationPlugin,
     Job,
@@ -55,7 +56,7 @@ from .models import (
     Release,
     Rollout,
 )
-from .timeutil import utcnow
+from cp.timeutil import utcnow
 
 PLUGIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 PLUGIN_NAME_HELP = "1-128 characters of [a-z0-9._-], starting with a letter or a digit."

@@ -3,7 +3,7 @@
 - ``schedule`` creates one ``scheduled`` verification per installation (``scheduled_for``
   unset: now); an unknown installation refuses the whole request (404, nothing created).
 - The agent sees its verifications in the heartbeat response once ``scheduled_for`` is
-  reached (``cp.heartbeats.pending_for``).
+  reached (``cp.fleet.heartbeats.pending_for``).
 - ``report`` stores ``passed`` or ``failed`` once (the agent endpoint checks first that the
   verification is the reporting installation's own). The same result again is a no-op; a
   different one is a 409. A ``failed`` result opens a critical ``restore`` alert (one per
@@ -18,12 +18,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import joinedload
 
-from . import alerts
-from .errors import Conflict, NotFound
-from .extensions import db
-from .fleet import Page, _count
-from .models import Alert, Installation, RestoreVerification
-from .timeutil import utcnow
+from cp.fleet import alerts
+from cp.errors import Conflict, NotFound
+from cp.extensions import db
+from cp.fleet.queries import Page, _count
+from cp.models import Alert, Installation, RestoreVerification
+from cp.timeutil import utcnow
 
 ALERT_PREFIX = "restore:"
 HISTORY_LIMIT = 50

@@ -15,9 +15,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import joinedload
 
-from .extensions import db
-from .fleet import stale_cutoff
-from .models import (
+from cp.extensions import db
+from cp.fleet.queries import stale_cutoff
+from cp.models import (
     HEALTH_VALUES,
     Alert,
     Installation,
@@ -26,7 +26,7 @@ from .models import (
     RestoreVerification,
     Rollout,
 )
-from .timeutil import utcnow
+from cp.timeutil import utcnow
 
 LIST_LIMIT = 10
 FAILED_RESTORE_DAYS = 7

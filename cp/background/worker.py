@@ -3,9 +3,9 @@
 One loop for everything deferred or periodic:
 
 - every poll (``CONTROL_PLANE_WORKER_POLL_SECONDS``, at once again while there is work): the
-  alert webhook outbox (``cp.outbox``);
+  alert webhook outbox (``cp.background.outbox``);
 - every ``CONTROL_PLANE_SWEEP_INTERVAL_SECONDS``: the stale and backup-age sweeps and the
-  rollout tick (``cp.sweeps``);
+  rollout tick (``cp.background.sweeps``);
 - every hour: pruning of the SLO history, delivered webhook events, agent nonces and rate-limit
   counters (also ``flask --app cp prune-history``).
 
@@ -27,10 +27,11 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from . import outbox, sweeps
-from .extensions import db
+from cp.background import outbox
+from cp.background import sweeps
+from cp.extensions import db
 
-log = logging.getLogger("cp.worker")
+log = logging.getLogger("cp.background.worker")
 
 PRUNE_INTERVAL_SECONDS = 3600.0
 

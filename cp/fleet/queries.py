@@ -1,7 +1,7 @@
 """Reading the fleet: installations, alerts and job failures with their filters.
 
 One implementation of every filter, shared by the JSON API (``cp.api.fleet``), the HTML
-views (``cp.views``) and the admin panel. Lists are newest first with ties broken by id,
+views (``cp.web.pages``) and the admin panel. Lists are newest first with ties broken by id,
 and paginated with ``limit``/``offset``; totals come from one ``COUNT`` with the same filters.
 """
 from __future__ import annotations
@@ -14,11 +14,11 @@ from flask import current_app
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import joinedload
 
-from .dbutil import without_index_only_scans
-from .errors import NotFound
-from .extensions import db
-from .models import Alert, Installation, InstallationEvent, InstallationPlugin, InstallationSearch, JobFailure
-from .timeutil import utcnow
+from cp.dbutil import without_index_only_scans
+from cp.errors import NotFound
+from cp.extensions import db
+from cp.models import Alert, Installation, InstallationEvent, InstallationPlugin, InstallationSearch, JobFailure
+from cp.timeutil import utcnow
 
 SORTS = {
     "last_seen": (Installation.last_seen_at.desc(), Installation.id.desc()),

@@ -12,7 +12,7 @@ transaction: no extra connection checkout, BEGIN or COMMIT; a request that fails
 rolls back and is counted again by ``recount_agent_request`` in a short transaction of its own,
 so it still counts. ``hit``'s own transactions commit with ``synchronous_commit = off`` on
 PostgreSQL (a crash can forget the last fraction of a second of counts, nothing else). Old rows
-are pruned in passing and by the worker (``cp.sweeps``).
+are pruned in passing and by the worker (``cp.background.sweeps``).
 """
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ from flask import current_app, request
 from sqlalchemy import ARRAY, Integer, String, bindparam, case, delete, func, literal, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
-from . import fastsql
-from .dbutil import insert
-from .errors import RateLimited
-from .extensions import db
-from .models import RateLimitBucket
-from .timeutil import utcnow
+from cp import fastsql
+from cp.dbutil import insert
+from cp.errors import RateLimited
+from cp.extensions import db
+from cp.models import RateLimitBucket
+from cp.timeutil import utcnow
 
 WINDOW_SECONDS = 60
 PRUNE_ONE_IN = 500  # a hit prunes rows of long-gone windows once in this many calls
@@ -120,7 +120,7 @@ def count_agent_request(key: str) -> None:
 class AgentCount:
     """One agent request's count: the upsert (``statement`` with ``params``; ``RETURNING count``)
     and ``check(count)``, which refuses past the limit. ``count_agent_request`` runs it on its
-    own; the heartbeat sends it together with its installation lock (``cp.heartbeats``)."""
+    own; the heartbeat sends it together with its installation lock (``cp.fleet.heartbeats``)."""
 
     def __init__(self, conn, key: str):
         self.now = utcnow()

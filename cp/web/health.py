@@ -2,7 +2,7 @@
 from flask import Blueprint, jsonify
 from sqlalchemy import text
 
-from .extensions import db
+from cp.extensions import db
 
 bp = Blueprint("ops", __name__)
 

@@ -1,7 +1,7 @@
 """Delivering the alert outbox to ``CONTROL_PLANE_ALERT_WEBHOOK_URL``.
 
-Rows are written by ``cp.alerts.enqueue_events`` in the transaction that opens or resolves an
-alert; only the worker (``cp.worker``) sends them, so a slow or hanging receiver never slows
+Rows are written by ``cp.fleet.alerts.enqueue_events`` in the transaction that opens or resolves an
+alert; only the worker (``cp.background.worker``) sends them, so a slow or hanging receiver never slows
 a heartbeat.
 
 Delivery, one batch at a time:
@@ -36,13 +36,13 @@ import requests
 from flask import current_app
 from sqlalchemy import and_, exists, func, select, update
 
-from .dbutil import is_postgres
-from .extensions import db
-from .models import OutboxEvent
-from .signing import WEBHOOK_SIGNATURE_HEADER, webhook_signature
-from .timeutil import utcnow
+from cp.dbutil import is_postgres
+from cp.extensions import db
+from cp.models import OutboxEvent
+from cp.signing import WEBHOOK_SIGNATURE_HEADER, webhook_signature
+from cp.timeutil import utcnow
 
-log = logging.getLogger("cp.outbox")
+log = logging.getLogger("cp.background.outbox")
 
 outbox = OutboxEvent.__table__
 CLAIM_BATCH = 10
