@@ -4,7 +4,7 @@ Each setting is declared once in ``SETTINGS`` with its default, its parser and a
 of help; ``load_settings()`` reads them from an environment mapping (``os.environ`` by
 default) and fails with a clear ``ConfigError`` naming the variable when a value is
 malformed.  Nothing here runs at import time: ``cp.create_app()`` calls ``load_settings``.
-The README's environment table is generated from the same list (``flask --app cp env-table``).
+docs/configuration.md's table is generated from the same list (``flask --app cp env-table``).
 """
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def webhook_signature(token: str, body: bytes, timestamp: int) -> str:
 
 def verify_webhook_signature(token: str, body: bytes, header: str | None, *, now: int,
                              tolerance: int = REPLAY_WINDOW_SECONDS) -> bool:
-    """What a webhook receiver runs (documented in the README; used by the tests)."""
+    """What a webhook receiver runs (documented in docs/operations.md; used by the tests)."""
     if not header:
         return False
     parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)

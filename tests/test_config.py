@@ -52,14 +52,14 @@ def test_slo_limits_only_for_set_variables():
     assert s.slo_limits() == {"slo_p95_ms": 500.0}
 
 
-def test_readme_env_table_is_generated_from_settings():
-    """One source of truth: the README's table is exactly what config.SETTINGS generates."""
+def test_configuration_doc_env_table_is_generated_from_settings():
+    """One source of truth: docs/configuration.md's table is exactly what config.SETTINGS generates."""
     from pathlib import Path
 
-    from cp.cli import env_table_markdown, replace_env_table
+    from cp.cli import CONFIGURATION_DOC, env_table_markdown, replace_env_table
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    assert replace_env_table(readme) == readme, "run: flask --app cp env-table --write README.md"
+    doc = (Path(__file__).resolve().parent.parent / CONFIGURATION_DOC).read_text()
+    assert replace_env_table(doc) == doc, f"run: flask --app cp env-table --write {CONFIGURATION_DOC}"
     assert all(f"`{s.env}`" in env_table_markdown() for s in SETTINGS)
 
 
