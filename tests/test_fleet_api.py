@@ -161,7 +161,7 @@ def test_without_index_only_scans_turns_them_off_for_the_call_only(app, postgres
 
 def test_the_fleet_total_is_counted_without_index_only_scans(app, client, fleet, postgres_only, monkeypatch):
     """Every heartbeat rewrites its installation's row, so an index-only scan of the fleet would
-    read the heap for every row as well (docs/performance.md, item 25)."""
+    read the heap for every row as well (docs/performance.md, "What the design does for speed")."""
     seen = []
     count = fleet_module._count
 
