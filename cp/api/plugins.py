@@ -1,8 +1,7 @@
 """``/api/plugins/*`` for people: plugin releases, requests (list, approve, reject) and plugin
 rollouts. Releases and requests are admin only (as the contract says); reading a plugin rollout
-is support+, pausing/resuming it ops+, everything else admin, as for core rollouts. The
-rollout operations are the engine's (``cp.delivery.rollouts``), applied to plugin rollouts only (a core
-rollout's id is a 404 here)."""
+is support+, creating it admin; its transitions (pause/resume ops+, the others admin) are
+registered with the core ones in ``cp.api.rollout_transitions``."""
 from flask import jsonify
 
 from cp.delivery import plugins
@@ -26,7 +25,7 @@ from cp.api.plugin_schemas import (
     PluginRolloutDetailSchema,
     PluginRolloutSchema,
 )
-from cp.api.rollout_schemas import RolloutAdvanceSchema, RolloutPauseSchema, rollout_data
+from cp.api.rollout_schemas import rollout_data
 
 release_schema = PluginReleaseSchema()
 release_item_schema = PluginReleaseItemSchema()
@@ -267,153 +266,3 @@ def get_plugin_rollout(rollout_id: int):
           description: Unknown plugin rollout.
     """
     return jsonify(_rollout(plugins.get_plugin_rollout(rollout_id), detail=True))
-
-
-@bp.post("/plugins/rollouts/<int:rollout_id>/advance")
-@role_required("admin")
-@audited("plugin_rollout.advance", "rollout", "rollout_id")
-def advance_plugin_rollout(rollout_id: int):
-    """Open the next batch (past the last one: completed), as for core rollouts.
-    ---
-    post:
-      tags: [plugins]
-      parameters:
-      - {in: path, name: rollout_id, required: true, schema: {type: integer}}
-      requestBody:
-        required: false
-        content:
-          application/json:
-            schema: RolloutAdvanceSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: PluginRolloutSchema
-        404:
-          description: Unknown plugin rollout.
-        409:
-          description: Not active, a job of the current batch failed (without force), or from_batch not open yet.
-    """
-    body = load_json(RolloutAdvanceSchema(), allow_empty=True)
-    plugins.get_plugin_rollout(rollout_id)
-    rollout = rollouts.advance(rollout_id, by=current_role(), **body)
-    data = _rollout(rollout)
-    db.session.commit()
-    return jsonify(data)
-
-
-@bp.post("/plugins/rollouts/<int:rollout_id>/pause")
-@role_required("ops")
-@audited("plugin_rollout.pause", "rollout", "rollout_id")
-def pause_plugin_rollout(rollout_id: int):
-    """Pause: no new plugin jobs are handed out (pausing a paused rollout is a no-op).
-    ---
-    post:
-      tags: [plugins]
-      parameters:
-      - {in: path, name: rollout_id, required: true, schema: {type: integer}}
-      requestBody:
-        required: false
-        content:
-          application/json:
-            schema: RolloutPauseSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: PluginRolloutSchema
-        404:
-          description: Unknown plugin rollout.
-        409:
-          description: Completed or cancelled.
-    """
-    body = load_json(RolloutPauseSchema(), allow_empty=True)
-    plugins.get_plugin_rollout(rollout_id)
-    rollout = rollouts.pause(rollout_id, reason=body.get("reason"), by=current_role())
-    data = _rollout(rollout)
-    db.session.commit()
-    return jsonify(data)
-
-
-@bp.post("/plugins/rollouts/<int:rollout_id>/resume")
-@role_required("ops")
-@audited("plugin_rollout.resume", "rollout", "rollout_id")
-def resume_plugin_rollout(rollout_id: int):
-    """Resume a paused plugin rollout (resuming an active one is a no-op).
-    ---
-    post:
-      tags: [plugins]
-      parameters:
-      - {in: path, name: rollout_id, required: true, schema: {type: integer}}
-      responses:
-        200:
-          content:
-            application/json:
-              schema: PluginRolloutSchema
-        404:
-          description: Unknown plugin rollout.
-        409:
-          description: Completed or cancelled.
-    """
-    load_json(RolloutPauseSchema(), allow_empty=True)
-    plugins.get_plugin_rollout(rollout_id)
-    rollout = rollouts.resume(rollout_id, by=current_role())
-    data = _rollout(rollout)
-    db.session.commit()
-    return jsonify(data)
-
-
-@bp.post("/plugins/rollouts/<int:rollout_id>/cancel")
-@role_required("admin")
-@audited("plugin_rollout.cancel", "rollout", "rollout_id")
-def cancel_plugin_rollout(rollout_id: int):
-    """Cancel: pending plugin jobs are cancelled; finished and in-progress jobs stay.
-    ---
-    post:
-      tags: [plugins]
-      parameters:
-      - {in: path, name: rollout_id, required: true, schema: {type: integer}}
-      responses:
-        200:
-          content:
-            application/json:
-              schema: PluginRolloutSchema
-        404:
-          description: Unknown plugin rollout.
-        409:
-          description: Already completed.
-    """
-    load_json(RolloutPauseSchema(), allow_empty=True)
-    plugins.get_plugin_rollout(rollout_id)
-    rollout = rollouts.cancel(rollout_id, by=current_role())
-    data = _rollout(rollout)
-    db.session.commit()
-    return jsonify(data)
-
-
-@bp.post("/plugins/rollouts/<int:rollout_id>/retry")
-@role_required("admin")
-@audited("plugin_rollout.retry", "rollout", "rollout_id")
-def retry_plugin_rollout(rollout_id: int):
-    """Queue the failed plugin jobs again; ``requeued`` says how many.
-    ---
-    post:
-      tags: [plugins]
-      parameters:
-      - {in: path, name: rollout_id, required: true, schema: {type: integer}}
-      responses:
-        200:
-          content:
-            application/json:
-              schema: PluginRolloutSchema
-        404:
-          description: Unknown plugin rollout.
-        409:
-          description: Cancelled.
-    """
-    load_json(RolloutPauseSchema(), allow_empty=True)
-    plugins.get_plugin_rollout(rollout_id)
-    rollout, requeued = rollouts.retry(rollout_id, by=current_role())
-    data = _rollout(rollout, requeued=requeued)
-    db.session.commit()
-    return jsonify(data)

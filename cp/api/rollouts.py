@@ -1,5 +1,6 @@
-"""``/api/rollouts``: create (admin), read (support+), advance/cancel/retry (admin),
-pause/resume (ops+). Operations by id work for core and plugin rollouts alike."""
+"""``/api/rollouts``: create (admin), read (support+). The transitions (advance/cancel/retry
+admin, pause/resume ops+), which work for core and plugin rollouts alike, are registered with
+the plugin ones in ``cp.api.rollout_transitions``."""
 from flask import jsonify
 
 from cp.delivery import releases
@@ -11,11 +12,9 @@ from cp.extensions import db
 from cp.web.parsing import load_args, load_json
 from cp.api import bp
 from cp.api.rollout_schemas import (
-    RolloutAdvanceSchema,
     RolloutArgsSchema,
     RolloutCreateSchema,
     RolloutDetailSchema,
-    RolloutPauseSchema,
     RolloutSchema,
     rollout_data,
 )
@@ -113,148 +112,3 @@ def get_rollout(rollout_id: int):
     rollout = rollouts.get_rollout(rollout_id)
     counts = rollouts.job_counts([rollout.id])[rollout.id]
     return jsonify(detail_schema.dump(rollout_data(rollout, counts, rollouts.batch_counts(rollout))))
-
-
-@bp.post("/rollouts/<int:rollout_id>/advance")
-@role_required("admin")
-@audited("rollout.advance", "rollout", "rollout_id")
-def advance_rollout(rollout_id: int):
-    """Open the next batch (past the last one: completed).
-    ---
-    post:
-      tags: [rollouts]
-      parameters:
-      - {in: path, name: rollout_id, required: true, schema: {type: integer}}
-      requestBody:
-        required: false
-        content:
-          application/json:
-            schema: RolloutAdvanceSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: RolloutSchema
-        404:
-          description: Unknown rollout.
-        409:
-          description: Not active, a job of the current batch failed (without force), or from_batch not open yet.
-    """
-    body = load_json(RolloutAdvanceSchema(), allow_empty=True)
-    rollout = rollouts.advance(rollout_id, by=current_role(), **body)
-    data = _dump(rollout)
-    db.session.commit()
-    return jsonify(data)
-
-
-@bp.post("/rollouts/<int:rollout_id>/pause")
-@role_required("ops")
-@audited("rollout.pause", "rollout", "rollout_id")
-def pause_rollout(rollout_id: int):
-    """Pause: no new jobs are handed out (pausing a paused rollout is a no-op).
-    ---
-    post:
-      tags: [rollouts]
-      parameters:
-      - {in: path, name: rollout_id, required: true, schema: {type: integer}}
-      requestBody:
-        required: false
-        content:
-          application/json:
-            schema: RolloutPauseSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: RolloutSchema
-        404:
-          description: Unknown rollout.
-        409:
-          description: Completed or cancelled.
-    """
-    body = load_json(RolloutPauseSchema(), allow_empty=True)
-    rollout = rollouts.pause(rollout_id, reason=body.get("reason"), by=current_role())
-    data = _dump(rollout)
-    db.session.commit()
-    return jsonify(data)
-
-
-@bp.post("/rollouts/<int:rollout_id>/resume")
-@role_required("ops")
-@audited("rollout.resume", "rollout", "rollout_id")
-def resume_rollout(rollout_id: int):
-    """Resume a paused rollout and resolve its gate alert (resuming an active one is a no-op).
-    ---
-    post:
-      tags: [rollouts]
-      parameters:
-      - {in: path, name: rollout_id, required: true, schema: {type: integer}}
-      responses:
-        200:
-          content:
-            application/json:
-              schema: RolloutSchema
-        404:
-          description: Unknown rollout.
-        409:
-          description: Completed or cancelled.
-    """
-    load_json(RolloutPauseSchema(), allow_empty=True)
-    rollout = rollouts.resume(rollout_id, by=current_role())
-    data = _dump(rollout)
-    db.session.commit()
-    return jsonify(data)
-
-
-@bp.post("/rollouts/<int:rollout_id>/cancel")
-@role_required("admin")
-@audited("rollout.cancel", "rollout", "rollout_id")
-def cancel_rollout(rollout_id: int):
-    """Cancel: pending jobs are cancelled; finished and in-progress jobs stay.
-    ---
-    post:
-      tags: [rollouts]
-      parameters:
-      - {in: path, name: rollout_id, required: true, schema: {type: integer}}
-      responses:
-        200:
-          content:
-            application/json:
-              schema: RolloutSchema
-        404:
-          description: Unknown rollout.
-        409:
-          description: Already completed.
-    """
-    load_json(RolloutPauseSchema(), allow_empty=True)
-    rollout = rollouts.cancel(rollout_id, by=current_role())
-    data = _dump(rollout)
-    db.session.commit()
-    return jsonify(data)
-
-
-@bp.post("/rollouts/<int:rollout_id>/retry")
-@role_required("admin")
-@audited("rollout.retry", "rollout", "rollout_id")
-def retry_rollout(rollout_id: int):
-    """Queue the failed jobs again; ``requeued`` says how many.
-    ---
-    post:
-      tags: [rollouts]
-      parameters:
-      - {in: path, name: rollout_id, required: true, schema: {type: integer}}
-      responses:
-        200:
-          content:
-            application/json:
-              schema: RolloutSchema
-        404:
-          description: Unknown rollout.
-        409:
-          description: Cancelled.
-    """
-    load_json(RolloutPauseSchema(), allow_empty=True)
-    rollout, requeued = rollouts.retry(rollout_id, by=current_role())
-    data = _dump(rollout, requeued=requeued)
-    db.session.commit()
-    return jsonify(data)
