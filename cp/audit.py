@@ -11,6 +11,7 @@ from flask import g, request
 from sqlalchemy import func, insert, select
 from werkzeug.exceptions import HTTPException
 
+from cp.dbutil import equal_to
 from cp.errors import DomainError
 from cp.extensions import db
 from cp.models import AuditLog
@@ -87,17 +88,8 @@ def audited(action: str, target_type: str | None = None, id_kwarg: str | None = 
 def audit_filters(*, action: str | None = None, role: str | None = None, outcome: str | None = None,
                   target_type: str | None = None, target_id: str | None = None,
                   since: datetime | None = None, until: datetime | None = None) -> list:
-    conds: list = []
-    if action:
-        conds.append(AuditLog.action == action)
-    if role:
-        conds.append(AuditLog.role == role)
-    if outcome:
-        conds.append(AuditLog.outcome == outcome)
-    if target_type:
-        conds.append(AuditLog.target_type == target_type)
-    if target_id:
-        conds.append(AuditLog.target_id == target_id)
+    conds = equal_to(AuditLog, action=action, role=role, outcome=outcome, target_type=target_type,
+                     target_id=target_id)
     if since:
         conds.append(AuditLog.at >= since)
     if until:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import event, exc, text
+from sqlalchemy import event, exc, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
+from cp.errors import NotFound
 from cp.extensions import db
 
 
@@ -23,6 +24,25 @@ def insert(table):
 
 def is_postgres() -> bool:
     return dialect_name() == "postgresql"
+
+
+def equal_to(model, **values) -> list:
+    """``model.<name> == value`` for each value given (``None`` and ``""`` filter nothing): the
+    conditions of a list's exact-match filters."""
+    return [getattr(model, name) == value for name, value in values.items() if value not in (None, "")]
+
+
+def get_by_id(model, ident: int, *, missing: str, code: str = "not_found", lock: bool = False,
+              skip_locked: bool = False):
+    """The ``model`` row with id ``ident`` (``lock``: ``SELECT ... FOR UPDATE`` of that row, its
+    attributes refreshed), else ``NotFound(missing, code)``."""
+    stmt = select(model).where(model.id == ident)
+    if lock:
+        stmt = stmt.with_for_update(of=model, skip_locked=skip_locked).execution_options(populate_existing=True)
+    row = db.session.scalars(stmt).first()
+    if row is None:
+        raise NotFound(missing, code=code)
+    return row
 
 
 def without_index_only_scans(run):

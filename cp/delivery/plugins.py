@@ -44,7 +44,7 @@ from sqlalchemy.orm import joinedload
 
 from cp.delivery import releases
 from cp.delivery import rollouts
-from cp.dbutil import insert
+from cp.dbutil import get_by_id, insert
 from cp.errors import Conflict, Invalid, NotFound
 from cp.extensions import db
 from cp.fleet.queries import Page, _count
@@ -219,13 +219,8 @@ def create_request(*, instance_id: str, plugin: str, version: str | None = None,
 
 
 def get_request(request_id: int, *, lock: bool = False) -> PluginRequest:
-    stmt = select(PluginRequest).where(PluginRequest.id == request_id)
-    if lock:
-        stmt = stmt.with_for_update(of=PluginRequest).execution_options(populate_existing=True)
-    request = db.session.scalars(stmt).first()
-    if request is None:
-        raise NotFound(f"No plugin request with id {request_id}.", code="unknown_request")
-    return request
+    return get_by_id(PluginRequest, request_id, lock=lock, missing=f"No plugin request with id {request_id}.",
+                     code="unknown_request")
 
 
 def _decidable(request_id: int) -> PluginRequest:

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import joinedload
 
 from cp.fleet import alerts
+from cp.dbutil import get_by_id
 from cp.errors import Conflict, NotFound
 from cp.extensions import db
 from cp.fleet.queries import Page, _count
@@ -70,13 +71,8 @@ def schedule_for_installations(installation_ids: list[int], *, by: str | None = 
 
 
 def get(verification_id: int, *, lock: bool = False) -> RestoreVerification:
-    stmt = select(RestoreVerification).where(RestoreVerification.id == verification_id)
-    if lock:
-        stmt = stmt.with_for_update()
-    item = db.session.scalars(stmt).first()
-    if item is None:
-        raise NotFound(f"No restore verification with id {verification_id}.")
-    return item
+    return get_by_id(RestoreVerification, verification_id, lock=lock,
+                     missing=f"No restore verification with id {verification_id}.")
 
 
 def report(item: RestoreVerification, status: str, *, duration_s: float | None = None,

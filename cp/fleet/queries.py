@@ -14,7 +14,7 @@ from flask import current_app
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import joinedload
 
-from cp.dbutil import without_index_only_scans
+from cp.dbutil import equal_to, without_index_only_scans
 from cp.errors import NotFound
 from cp.extensions import db
 from cp.models import Alert, Installation, InstallationEvent, InstallationPlugin, InstallationSearch, JobFailure
@@ -58,15 +58,9 @@ def installation_ids_matching(q: str) -> Select:
 def installation_filters(*, q: str | None = None, health: str | None = None, release_channel: str | None = None,
                          version: str | None = None, stale: bool | None = None, plugin: str | None = None,
                          plugin_version: str | None = None, now: datetime | None = None) -> list:
-    conds: list = []
+    conds = equal_to(Installation, health=health, release_channel=release_channel, version=version)
     if q:
         conds.append(Installation.id.in_(installation_ids_matching(q)))
-    if health:
-        conds.append(Installation.health == health)
-    if release_channel:
-        conds.append(Installation.release_channel == release_channel)
-    if version:
-        conds.append(Installation.version == version)
     if stale is not None:
         cutoff = stale_cutoff(now)
         conds.append(Installation.last_seen_at < cutoff if stale else Installation.last_seen_at >= cutoff)
