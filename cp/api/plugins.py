@@ -132,8 +132,6 @@ def approve_plugin_request(request_id: int):
       description: >
         Without a requested version the newest release is installed (the newest final release
         when there is one). The body is optional; its reason is kept with the decision.
-      parameters:
-      - {in: path, name: request_id, required: true, schema: {type: integer}}
       requestBody:
         required: false
         content:
@@ -165,8 +163,6 @@ def reject_plugin_request(request_id: int):
     post:
       tags: [plugins]
       summary: status rejected; the agent sees the reason (decision_reason) in its request list.
-      parameters:
-      - {in: path, name: request_id, required: true, schema: {type: integer}}
       requestBody:
         required: true
         content:
@@ -255,8 +251,6 @@ def get_plugin_rollout(rollout_id: int):
     ---
     get:
       tags: [plugins]
-      parameters:
-      - {in: path, name: rollout_id, required: true, schema: {type: integer}}
       responses:
         200:
           content:

@@ -4,25 +4,20 @@
 ``POST /api/plugins/rollouts/<id>/<transition>`` on plugin rollouts only (a core rollout's id is a
 404 there). Every route is registered from the two tables below, ``TRANSITIONS`` (what each
 transition needs: role, body, the engine's call, what a 409 means) and ``KINDS`` (how each kind's
-routes are named, checked, audited and answered), together with its OpenAPI operation, which
-``cp.api.spec`` reads from the view's ``cp_openapi`` attribute."""
+routes are named, checked, audited and answered), with its OpenAPI operation
+(``cp.api.actions``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
-from flask import jsonify
 from marshmallow import Schema
 
-from cp.api import bp
+from cp.api.actions import register_action
 from cp.api.plugin_schemas import PluginRolloutSchema
 from cp.api.rollout_schemas import RolloutAdvanceSchema, RolloutPauseSchema, RolloutSchema, rollout_data
-from cp.audit import audited
-from cp.auth import current_role, role_required
 from cp.delivery import plugins, rollouts
-from cp.extensions import db
 from cp.models import Rollout
-from cp.web.parsing import load_json, require_no_body
 
 
 @dataclass(frozen=True)
@@ -53,9 +48,21 @@ TRANSITIONS = (
                "Completed or cancelled.", None, lambda rid, _body, by: (rollouts.resume(rid, by=by), {})),
     Transition("cancel", "admin", "Cancel: pending jobs are cancelled; finished and in-progress jobs stay.",
                "Already completed.", None, lambda rid, _body, by: (rollouts.cancel(rid, by=by), {})),
-    Transition("retry", "admin", "Queue the failed jobs again; ``requeued`` says how many.", "Cancelled.",
+    Transition("retry", "admin", "Queue the failed jobs again; requeued says how many.", "Cancelled.",
                None, _retry),
 )
+
+
+def dump_rollout(rollout: Rollout, **extra) -> dict:
+    """A rollout of either kind with its job counts, as ``RolloutSchema``."""
+    counts = rollouts.job_counts([rollout.id])[rollout.id]
+    return RolloutSchema().dump(rollout_data(rollout, counts, **extra))
+
+
+def dump_plugin_rollout(rollout: Rollout, **extra) -> dict:
+    """A plugin rollout with its job counts, as ``PluginRolloutSchema`` (also its ``version``)."""
+    counts = rollouts.job_counts([rollout.id])[rollout.id]
+    return PluginRolloutSchema().dump(rollout_data(rollout, counts, version=rollout.release.version, **extra))
 
 
 @dataclass(frozen=True)
@@ -70,68 +77,28 @@ class Kind:
     dump: Callable[..., dict]
 
 
-def _dump_any(rollout: Rollout, **extra) -> dict:
-    counts = rollouts.job_counts([rollout.id])[rollout.id]
-    return RolloutSchema().dump(rollout_data(rollout, counts, **extra))
-
-
-def _dump_plugin(rollout: Rollout, **extra) -> dict:
-    counts = rollouts.job_counts([rollout.id])[rollout.id]
-    return PluginRolloutSchema().dump(rollout_data(rollout, counts, version=rollout.release.version, **extra))
-
-
 KINDS = (
-    Kind("/rollouts", "rollout", "rollout", "rollouts", RolloutSchema, "Unknown rollout.", None, _dump_any),
+    Kind("/rollouts", "rollout", "rollout", "rollouts", RolloutSchema, "Unknown rollout.", None, dump_rollout),
     Kind("/plugins/rollouts", "plugin_rollout", "plugin_rollout", "plugins", PluginRolloutSchema,
-         "Unknown plugin rollout.", plugins.get_plugin_rollout, _dump_plugin),
+         "Unknown plugin rollout.", plugins.get_plugin_rollout, dump_plugin_rollout),
 )
 
 
-def operation(kind: Kind, transition: Transition) -> dict:
-    """The OpenAPI operation of one route (``cp.api.spec`` completes auth and error answers)."""
-    op = {
-        "tags": [kind.tag],
-        "summary": transition.summary,
-        "parameters": [{"in": "path", "name": "rollout_id", "required": True, "schema": {"type": "integer"}}],
-        "responses": {
-            200: {"content": {"application/json": {"schema": kind.schema}}},
-            404: {"description": kind.unknown},
-            409: {"description": transition.conflict},
-        },
-    }
-    if transition.body is not None:
-        op["requestBody"] = {"required": False,
-                             "content": {"application/json": {"schema": transition.body}}}
-    return {"post": op}
-
-
-def _view(kind: Kind, transition: Transition) -> Callable:
-    def view(rollout_id: int):
-        if transition.body is None:
-            require_no_body()
-            body = {}
-        else:
-            body = load_json(transition.body(), allow_empty=True)
+def _run(kind: Kind, transition: Transition) -> Callable[[int, dict, str | None], dict]:
+    def run(rollout_id: int, body: dict, by: str | None) -> dict:
         if kind.check is not None:
             kind.check(rollout_id)
-        rollout, extra = transition.apply(rollout_id, body, current_role())
-        data = kind.dump(rollout, **extra)
-        db.session.commit()
-        return jsonify(data)
+        rollout, extra = transition.apply(rollout_id, body, by)
+        return kind.dump(rollout, **extra)
 
-    view.__name__ = f"{transition.name}_{kind.endpoint}"
-    view.__doc__ = transition.summary
-    view.cp_openapi = operation(kind, transition)
-    return view
+    return run
 
 
-def register() -> None:
-    for kind in KINDS:
-        for transition in TRANSITIONS:
-            view = _view(kind, transition)
-            view = role_required(transition.role)(
-                audited(f"{kind.audit}.{transition.name}", "rollout", "rollout_id")(view))
-            bp.add_url_rule(f"{kind.prefix}/<int:rollout_id>/{transition.name}", view_func=view, methods=["POST"])
-
-
-register()
+for _kind in KINDS:
+    for _transition in TRANSITIONS:
+        register_action(
+            f"{_kind.prefix}/<int:rollout_id>/{_transition.name}", endpoint=f"{_transition.name}_{_kind.endpoint}",
+            id_arg="rollout_id", role=_transition.role, audit=f"{_kind.audit}.{_transition.name}",
+            target_type="rollout", summary=_transition.summary, tag=_kind.tag, answer=_kind.schema,
+            errors={404: _kind.unknown, 409: _transition.conflict}, body=_transition.body,
+            run=_run(_kind, _transition))

@@ -99,8 +99,6 @@ def get_rollout(rollout_id: int):
     ---
     get:
       tags: [rollouts]
-      parameters:
-      - {in: path, name: rollout_id, required: true, schema: {type: integer}}
       responses:
         200:
           content:

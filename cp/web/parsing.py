@@ -107,10 +107,10 @@ class NoBodySchema(Schema):
     """No fields: any field sent is a 422 (``Unknown field.``)."""
 
 
-def require_no_body() -> None:
-    """For actions that take no body: none at all, or an empty JSON object. Another content
-    type is a 415, anything else in the body a 400 or 422, as for every other body."""
-    load_json(NoBodySchema(), allow_empty=True)
+def require_no_body() -> dict:
+    """For actions that take no body: none at all, or an empty JSON object (returned). Another
+    content type is a 415, anything else in the body a 400 or 422, as for every other body."""
+    return load_json(NoBodySchema(), allow_empty=True)
 
 
 def load_args(schema: Schema) -> dict:
