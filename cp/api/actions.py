@@ -1,7 +1,11 @@
-"""One way to register an action on one thing by id (``POST /api/<things>/<id>/<action>``):
-parse the body (or refuse one where the action takes none), run the domain call as the caller,
-commit, answer with the thing. The route is role-checked and audited like every mutating
-endpoint, and carries its OpenAPI operation as data (``cp_openapi``, read by ``cp.api.spec``)."""
+"""Routes registered from data, for the two shapes the API repeats most:
+
+- ``register_action``: an action on one thing by id (``POST /api/<things>/<id>/<action>``):
+  parse the body (or refuse one where the action takes none), run the domain call as the
+  caller, commit, answer with the thing; role-checked and audited like every mutating endpoint.
+- ``register_list``: a list (``GET``) with validated query arguments, ``{"items", "total"}``.
+
+Each route carries its OpenAPI operation as data (``cp_openapi``, read by ``cp.api.spec``)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -13,7 +17,7 @@ from cp.api import bp
 from cp.audit import audited
 from cp.auth import current_role, role_required
 from cp.extensions import db
-from cp.web.parsing import load_json, require_no_body
+from cp.web.parsing import load_args, load_json, require_no_body
 
 
 def operation(*, summary: str, tag: str, answer: type[Schema], errors: dict[int, str],
@@ -43,3 +47,20 @@ def register_action(rule: str, *, endpoint: str, id_arg: str, role: str, audit: 
     view.cp_openapi = operation(summary=summary, tag=tag, answer=answer, errors=errors, body=body)
     bp.add_url_rule(rule, view_func=role_required(role)(audited(audit, target_type, id_arg)(view)),
                     methods=["POST"])
+
+
+def register_list(rule: str, *, endpoint: str, role: str, tag: str, summary: str, args: type[Schema],
+                  answer: type[Schema], fetch: Callable, dump: Callable[[list], list]) -> None:
+    """``fetch(**query arguments)`` returns (items, total) or a page (``.items``, ``.total``);
+    ``dump(items)`` is their JSON form."""
+
+    def view():
+        found = fetch(**load_args(args()))
+        items, total = found if isinstance(found, tuple) else (found.items, found.total)
+        return jsonify({"items": dump(items), "total": total})
+
+    view.__name__ = endpoint
+    view.__doc__ = summary
+    view.cp_openapi = {"get": {"tags": [tag], "summary": summary, "parameters": [{"in": "query", "schema": args}],
+                               "responses": {200: {"content": {"application/json": {"schema": answer}}}}}}
+    bp.add_url_rule(rule, view_func=role_required(role)(view), methods=["GET"])

@@ -10,14 +10,16 @@ from cp.auth import role_required
 from cp.web.parsing import load_args
 from cp.delivery.releases import releases_behind
 from cp.api import bp
-from cp.api.actions import register_action
+from cp.api.actions import register_action, register_list
 from cp.api.schemas import (
     AlertArgsSchema,
+    AlertListSchema,
     AlertSchema,
     InstallationArgsSchema,
     InstallationDetailSchema,
     InstallationSchema,
     JobFailureArgsSchema,
+    JobFailureListSchema,
     JobFailureSchema,
 )
 
@@ -83,44 +85,15 @@ def get_installation(instance_id: str):
     return jsonify(detail_schema.dump(data))
 
 
-@bp.get("/alerts")
-@role_required("support")
-def list_alerts():
-    """List alerts.
-    ---
-    get:
-      tags: [alerts]
-      parameters:
-      - in: query
-        schema: AlertArgsSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: AlertListSchema
-    """
-    page = fleet.list_alerts(**load_args(AlertArgsSchema()))
-    return jsonify({"items": alert_schema.dump(page.items, many=True), "total": page.total})
+register_list("/alerts", endpoint="list_alerts", role="support", tag="alerts", summary="List alerts.",
+              args=AlertArgsSchema, answer=AlertListSchema,
+              fetch=fleet.list_alerts, dump=AlertSchema(many=True).dump)
 
 
-@bp.get("/job-failures")
-@role_required("support")
-def list_job_failures():
-    """List job failures.
-    ---
-    get:
-      tags: [alerts]
-      parameters:
-      - in: query
-        schema: JobFailureArgsSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: JobFailureListSchema
-    """
-    page = fleet.list_job_failures(**load_args(JobFailureArgsSchema()))
-    return jsonify({"items": failure_schema.dump(page.items, many=True), "total": page.total})
+register_list("/job-failures", endpoint="list_job_failures", role="support", tag="alerts",
+              summary="List job failures.", args=JobFailureArgsSchema, answer=JobFailureListSchema,
+              fetch=fleet.list_job_failures,
+              dump=JobFailureSchema(many=True).dump)
 
 
 # --- triage: acknowledge/resolve (ops+, no body; repeating one is a no-op) --------------------

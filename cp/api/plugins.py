@@ -9,37 +9,30 @@ from cp.delivery import rollouts
 from cp.audit import audited
 from cp.auth import current_role, role_required
 from cp.extensions import db
-from cp.web.parsing import load_args, load_json
+from cp.web.parsing import load_json
 from cp.api import bp
+from cp.api.actions import register_action, register_list
 from cp.api.plugin_schemas import (
     PluginReleaseArgsSchema,
     PluginReleaseCreateSchema,
     PluginReleaseItemSchema,
+    PluginReleaseListSchema,
     PluginReleaseSchema,
     PluginRequestApproveSchema,
     PluginRequestArgsSchema,
+    PluginRequestListSchema,
     PluginRequestRejectSchema,
     PluginRequestSchema,
     PluginRolloutArgsSchema,
     PluginRolloutCreateSchema,
     PluginRolloutDetailSchema,
-    PluginRolloutSchema,
+    PluginRolloutListSchema,
 )
 from cp.api.rollout_schemas import rollout_data
+from cp.api.rollout_transitions import dump_plugin_rollout, dump_plugin_rollouts
 
 release_schema = PluginReleaseSchema()
-release_item_schema = PluginReleaseItemSchema()
 request_schema = PluginRequestSchema()
-rollout_schema = PluginRolloutSchema()
-rollout_detail_schema = PluginRolloutDetailSchema()
-
-
-def _rollout(rollout, *, detail: bool = False, **extra) -> dict:
-    counts = rollouts.job_counts([rollout.id])[rollout.id]
-    if detail:
-        data = rollout_data(rollout, counts, rollouts.batch_counts(rollout), version=rollout.release.version)
-        return rollout_detail_schema.dump(data)
-    return rollout_schema.dump(rollout_data(rollout, counts, version=rollout.release.version, **extra))
 
 
 # --- releases ---------------------------------------------------------------------------------
@@ -77,112 +70,39 @@ def publish_plugin_release():
     return jsonify(release_schema.dump(release)), 201
 
 
-@bp.get("/plugins/releases")
-@role_required("admin")
-def list_plugin_releases():
-    """List plugin releases.
-    ---
-    get:
-      tags: [plugins]
-      summary: Plugin releases newest first (of one plugin with ?plugin=), with manifests and signatures as stored.
-      parameters:
-      - in: query
-        schema: PluginReleaseArgsSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: PluginReleaseListSchema
-    """
-    items, total = plugins.list_plugin_releases(**load_args(PluginReleaseArgsSchema()))
-    return jsonify({"items": release_item_schema.dump(items, many=True), "total": total})
+register_list("/plugins/releases", endpoint="list_plugin_releases", role="admin", tag="plugins",
+              summary="Plugin releases newest first (of one plugin with ?plugin=), with manifests and signatures "
+                      "as stored.",
+              args=PluginReleaseArgsSchema, answer=PluginReleaseListSchema, fetch=plugins.list_plugin_releases,
+              dump=PluginReleaseItemSchema(many=True).dump)
 
 
 # --- requests ---------------------------------------------------------------------------------
-@bp.get("/plugins/requests/list")
-@role_required("admin")
-def list_plugin_requests():
-    """List plugin requests.
-    ---
-    get:
-      tags: [plugins]
-      summary: Requests newest first, filtered by status, plugin or instance_id.
-      parameters:
-      - in: query
-        schema: PluginRequestArgsSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: PluginRequestListSchema
-    """
-    page = plugins.list_requests(**load_args(PluginRequestArgsSchema()))
-    return jsonify({"items": request_schema.dump(page.items, many=True), "total": page.total})
+register_list("/plugins/requests/list", endpoint="list_plugin_requests", role="admin", tag="plugins",
+              summary="Requests newest first, filtered by status, plugin or instance_id.",
+              args=PluginRequestArgsSchema, answer=PluginRequestListSchema,
+              fetch=plugins.list_requests,
+              dump=PluginRequestSchema(many=True).dump)
 
 
-@bp.post("/plugins/requests/<int:request_id>/approve")
-@role_required("admin")
-@audited("plugin_request.approve", "plugin_request", "request_id")
-def approve_plugin_request(request_id: int):
-    """Approve a pending request: an install job of the requested version, else the newest.
-    ---
-    post:
-      tags: [plugins]
-      summary: status approved, an install job for the installation, the plugin recorded as approved.
-      description: >
-        Without a requested version the newest release is installed (the newest final release
-        when there is one). The body is optional; its reason is kept with the decision.
-      requestBody:
-        required: false
-        content:
-          application/json:
-            schema: PluginRequestApproveSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: PluginRequestSchema
-        404:
-          description: Unknown request.
-        409:
-          description: The request is not pending (request_not_pending).
-    """
-    body = load_json(PluginRequestApproveSchema(), allow_empty=True)
-    request = plugins.approve(request_id, reason=body.get("reason"), by=current_role())
-    data = request_schema.dump(request)
-    db.session.commit()
-    return jsonify(data)
+register_action(
+    "/plugins/requests/<int:request_id>/approve", endpoint="approve_plugin_request", id_arg="request_id",
+    role="admin", audit="plugin_request.approve", target_type="plugin_request", tag="plugins",
+    answer=PluginRequestSchema, body=PluginRequestApproveSchema,
+    summary="Approve a pending request: status approved and an install job of the requested version, else the "
+            "newest (the newest final release when there is one). The optional reason is kept with the decision.",
+    errors={404: "Unknown request.", 409: "The request is not pending (request_not_pending)."},
+    run=lambda request_id, body, by: request_schema.dump(plugins.approve(request_id, reason=body.get("reason"), by=by)))
 
 
-@bp.post("/plugins/requests/<int:request_id>/reject")
-@role_required("admin")
-@audited("plugin_request.reject", "plugin_request", "request_id")
-def reject_plugin_request(request_id: int):
-    """Reject a pending request, saying why.
-    ---
-    post:
-      tags: [plugins]
-      summary: status rejected; the agent sees the reason (decision_reason) in its request list.
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: PluginRequestRejectSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: PluginRequestSchema
-        404:
-          description: Unknown request.
-        409:
-          description: The request is not pending (request_not_pending).
-    """
-    body = load_json(PluginRequestRejectSchema())
-    request = plugins.reject(request_id, reason=body["reason"], by=current_role())
-    data = request_schema.dump(request)
-    db.session.commit()
-    return jsonify(data)
+register_action(
+    "/plugins/requests/<int:request_id>/reject", endpoint="reject_plugin_request", id_arg="request_id",
+    role="admin", audit="plugin_request.reject", target_type="plugin_request", tag="plugins",
+    answer=PluginRequestSchema, body=PluginRequestRejectSchema,
+    summary="Reject a pending request, saying why: status rejected; the agent sees the reason (decision_reason) "
+            "in its request list.",
+    errors={404: "Unknown request.", 409: "The request is not pending (request_not_pending)."},
+    run=lambda request_id, body, by: request_schema.dump(plugins.reject(request_id, reason=body["reason"], by=by)))
 
 
 # --- rollouts ---------------------------------------------------------------------------------
@@ -216,32 +136,15 @@ def create_plugin_rollout():
     """
     body = load_json(PluginRolloutCreateSchema())
     rollout = plugins.create_plugin_rollout(by=current_role(), **body)
-    data = _rollout(rollout)
+    data = dump_plugin_rollout(rollout)
     db.session.commit()
     return jsonify(data), 201
 
 
-@bp.get("/plugins/rollouts")
-@role_required("support")
-def list_plugin_rollouts():
-    """List plugin rollouts.
-    ---
-    get:
-      tags: [plugins]
-      summary: Plugin rollouts newest first, each with its job counts by status.
-      parameters:
-      - in: query
-        schema: PluginRolloutArgsSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: PluginRolloutListSchema
-    """
-    items, total = rollouts.list_rollouts(kind="plugin", **load_args(PluginRolloutArgsSchema()))
-    counts = rollouts.job_counts([r.id for r in items])
-    return jsonify({"items": [rollout_schema.dump(rollout_data(r, counts[r.id], version=r.release.version))
-                              for r in items], "total": total})
+register_list("/plugins/rollouts", endpoint="list_plugin_rollouts", role="support", tag="plugins",
+              summary="Plugin rollouts newest first, each with its job counts by status.",
+              args=PluginRolloutArgsSchema, answer=PluginRolloutListSchema,
+              fetch=lambda **args: rollouts.list_rollouts(kind="plugin", **args), dump=dump_plugin_rollouts)
 
 
 @bp.get("/plugins/rollouts/<int:rollout_id>")
@@ -259,4 +162,7 @@ def get_plugin_rollout(rollout_id: int):
         404:
           description: Unknown plugin rollout.
     """
-    return jsonify(_rollout(plugins.get_plugin_rollout(rollout_id), detail=True))
+    rollout = plugins.get_plugin_rollout(rollout_id)
+    counts = rollouts.job_counts([rollout.id])[rollout.id]
+    data = rollout_data(rollout, counts, rollouts.batch_counts(rollout), version=rollout.release.version)
+    return jsonify(PluginRolloutDetailSchema().dump(data))

@@ -65,6 +65,16 @@ def dump_plugin_rollout(rollout: Rollout, **extra) -> dict:
     return PluginRolloutSchema().dump(rollout_data(rollout, counts, version=rollout.release.version, **extra))
 
 
+def dump_rollouts(items: list[Rollout]) -> list[dict]:
+    counts = rollouts.job_counts([r.id for r in items])
+    return [RolloutSchema().dump(rollout_data(r, counts[r.id])) for r in items]
+
+
+def dump_plugin_rollouts(items: list[Rollout]) -> list[dict]:
+    counts = rollouts.job_counts([r.id for r in items])
+    return [PluginRolloutSchema().dump(rollout_data(r, counts[r.id], version=r.release.version)) for r in items]
+
+
 @dataclass(frozen=True)
 class Kind:
     prefix: str  # of the rule

@@ -9,23 +9,19 @@ from cp.audit import audited
 from cp.auth import current_role, role_required
 from cp.errors import Invalid
 from cp.extensions import db
-from cp.web.parsing import load_args, load_json
+from cp.web.parsing import load_json
 from cp.api import bp
+from cp.api.actions import register_list
 from cp.api.rollout_schemas import (
     RolloutArgsSchema,
     RolloutCreateSchema,
     RolloutDetailSchema,
-    RolloutSchema,
+    RolloutListSchema,
     rollout_data,
 )
+from cp.api.rollout_transitions import dump_rollout, dump_rollouts
 
-rollout_schema = RolloutSchema()
 detail_schema = RolloutDetailSchema()
-
-
-def _dump(rollout, **extra):
-    counts = rollouts.job_counts([rollout.id])[rollout.id]
-    return rollout_schema.dump(rollout_data(rollout, counts, **extra))
 
 
 @bp.post("/rollouts")
@@ -65,31 +61,14 @@ def create_rollout():
     if not channel:
         raise Invalid("Name the channel to roll out on.", details={"channel": ["Missing data for required field."]})
     rollout = rollouts.create_rollout(kind="core", release=release, channel=channel, by=current_role(), **body)
-    data = _dump(rollout)
+    data = dump_rollout(rollout)
     db.session.commit()
     return jsonify(data), 201
 
 
-@bp.get("/rollouts")
-@role_required("support")
-def list_rollouts():
-    """List rollouts.
-    ---
-    get:
-      tags: [rollouts]
-      summary: Rollouts newest first, each with its job counts by status (core ones unless kind=plugin).
-      parameters:
-      - in: query
-        schema: RolloutArgsSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: RolloutListSchema
-    """
-    items, total = rollouts.list_rollouts(**load_args(RolloutArgsSchema()))
-    counts = rollouts.job_counts([r.id for r in items])
-    return jsonify({"items": [rollout_schema.dump(rollout_data(r, counts[r.id])) for r in items], "total": total})
+register_list("/rollouts", endpoint="list_rollouts", role="support", tag="rollouts",
+              summary="Rollouts newest first, each with its job counts by status (core ones unless kind=plugin).",
+              args=RolloutArgsSchema, answer=RolloutListSchema, fetch=rollouts.list_rollouts, dump=dump_rollouts)
 
 
 @bp.get("/rollouts/<int:rollout_id>")
