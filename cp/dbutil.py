@@ -3,8 +3,10 @@ liveness test."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import event, exc, select, text
+from sqlalchemy import event, exc, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cp.errors import NotFound
@@ -30,6 +32,23 @@ def equal_to(model, **values) -> list:
     """``model.<name> == value`` for each value given (``None`` and ``""`` filter nothing): the
     conditions of a list's exact-match filters."""
     return [getattr(model, name) == value for name, value in values.items() if value not in (None, "")]
+
+
+@dataclass
+class Page:
+    items: list[Any]
+    total: int
+    limit: int
+    offset: int
+
+
+def paged(model, conds: list, *, newest, limit: int, offset: int, options: tuple = ()) -> Page:
+    """One page of the ``model`` rows matching ``conds``, newest first by the ``newest`` column
+    (ties by id, newest first too), and how many match in all: the contract's list order."""
+    total = db.session.execute(select(func.count(model.id)).where(*conds)).scalar_one()
+    items = db.session.scalars(select(model).options(*options).where(*conds)
+                               .order_by(newest.desc(), model.id.desc()).limit(limit).offset(offset)).all()
+    return Page(list(items), total, limit, offset)
 
 
 def get_by_id(model, ident: int, *, missing: str, code: str = "not_found", lock: bool = False,

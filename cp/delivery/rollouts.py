@@ -45,7 +45,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
 from cp.fleet import alerts as alert_domain
-from cp.dbutil import equal_to, get_by_id, is_postgres
+from cp.dbutil import equal_to, get_by_id, is_postgres, paged
 from cp.errors import Conflict, Forbidden, Invalid, NotFound
 from cp.extensions import db
 from cp.models import (
@@ -151,11 +151,9 @@ def list_rollouts(*, limit: int = 50, offset: int = 0, kind: str | None = "core"
                   channel: str | None = None, plugin: str | None = None) -> tuple[list[Rollout], int]:
     """Newest first (ties by id)."""
     conds = equal_to(Rollout, kind=kind, status=status, channel=channel, plugin=plugin)
-    total = db.session.execute(select(func.count(Rollout.id)).where(*conds)).scalar_one()
-    items = db.session.scalars(select(Rollout).options(joinedload(Rollout.release)).where(*conds)
-                               .order_by(Rollout.created_at.desc(), Rollout.id.desc())
-                               .limit(limit).offset(offset)).all()
-    return list(items), total
+    page = paged(Rollout, conds, newest=Rollout.created_at, limit=limit, offset=offset,
+                 options=(joinedload(Rollout.release),))
+    return page.items, page.total
 
 
 def empty_counts() -> dict[str, int]:
@@ -645,14 +643,6 @@ def installation_history(installation_id: int, limit: int = 50) -> list[Job]:
 
 def list_jobs(*, limit: int = 50, offset: int = 0, rollout_id: int | None = None, status: str | None = None,
               kind: str | None = None) -> tuple[list[Job], int]:
-    conds = []
-    if rollout_id is not None:
-        conds.append(Job.rollout_id == rollout_id)
-    if status:
-        conds.append(Job.status == status)
-    if kind:
-        conds.append(Job.kind == kind)
-    total = db.session.execute(select(func.count(Job.id)).where(*conds)).scalar_one()
-    items = db.session.scalars(select(Job).where(*conds).order_by(Job.created_at.desc(), Job.id.desc())
-                               .limit(limit).offset(offset)).all()
-    return list(items), total
+    page = paged(Job, equal_to(Job, rollout_id=rollout_id, status=status, kind=kind), newest=Job.created_at,
+                 limit=limit, offset=offset)
+    return page.items, page.total
