@@ -85,24 +85,28 @@ register_list("/plugins/requests/list", endpoint="list_plugin_requests", role="a
               dump=PluginRequestSchema(many=True).dump)
 
 
-register_action(
-    "/plugins/requests/<int:request_id>/approve", endpoint="approve_plugin_request", id_arg="request_id",
-    role="admin", audit="plugin_request.approve", target_type="plugin_request", tag="plugins",
-    answer=PluginRequestSchema, body=PluginRequestApproveSchema,
-    summary="Approve a pending request: status approved and an install job of the requested version, else the "
-            "newest (the newest final release when there is one). The optional reason is kept with the decision.",
-    errors={404: "Unknown request.", 409: "The request is not pending (request_not_pending)."},
-    run=lambda request_id, body, by: request_schema.dump(plugins.approve(request_id, reason=body.get("reason"), by=by)))
+# A decision on a pending request: (name, its body, what it does, the domain call).
+DECISIONS = (
+    ("approve", PluginRequestApproveSchema,
+     "Approve a pending request: status approved and an install job of the requested version, else the newest "
+     "(the newest final release when there is one). The optional reason is kept with the decision.",
+     lambda request_id, body, by: plugins.approve(request_id, reason=body.get("reason"), by=by)),
+    ("reject", PluginRequestRejectSchema,
+     "Reject a pending request, saying why: status rejected; the agent sees the reason (decision_reason) in its "
+     "request list.",
+     lambda request_id, body, by: plugins.reject(request_id, reason=body["reason"], by=by)),
+)
 
 
-register_action(
-    "/plugins/requests/<int:request_id>/reject", endpoint="reject_plugin_request", id_arg="request_id",
-    role="admin", audit="plugin_request.reject", target_type="plugin_request", tag="plugins",
-    answer=PluginRequestSchema, body=PluginRequestRejectSchema,
-    summary="Reject a pending request, saying why: status rejected; the agent sees the reason (decision_reason) "
-            "in its request list.",
-    errors={404: "Unknown request.", 409: "The request is not pending (request_not_pending)."},
-    run=lambda request_id, body, by: request_schema.dump(plugins.reject(request_id, reason=body["reason"], by=by)))
+def _decide(call):
+    return lambda request_id, body, by: request_schema.dump(call(request_id, body, by))
+
+
+for _name, _body, _summary, _call in DECISIONS:
+    register_action(f"/plugins/requests/<int:request_id>/{_name}", endpoint=f"{_name}_plugin_request",
+                    id_arg="request_id", role="admin", audit=f"plugin_request.{_name}", target_type="plugin_request",
+                    tag="plugins", answer=PluginRequestSchema, body=_body, summary=_summary, run=_decide(_call),
+                    errors={404: "Unknown request.", 409: "The request is not pending (request_not_pending)."})
 
 
 # --- rollouts ---------------------------------------------------------------------------------
