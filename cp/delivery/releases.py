@@ -22,6 +22,7 @@ from functools import lru_cache, total_ordering
 from typing import Any, Iterable
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from flask import current_app
 from sqlalchemy import select
@@ -117,8 +118,6 @@ def sign_manifest(private_key: Ed25519PrivateKey, manifest: dict) -> str:
 
 
 def public_key_b64(private_key: Ed25519PrivateKey) -> str:
-    from cryptography.hazmat.primitives import serialization
-
     raw = private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(raw).decode("ascii")
 

@@ -50,6 +50,7 @@ from cp.errors import Conflict, Forbidden, Invalid, NotFound
 from cp.extensions import db
 from cp.models import (
     JOB_FINISHED,
+    JOB_STATUSES,
     Alert,
     Installation,
     InstallationEvent,
@@ -157,8 +158,6 @@ def list_rollouts(*, limit: int = 50, offset: int = 0, kind: str | None = "core"
 
 
 def empty_counts() -> dict[str, int]:
-    from cp.models import JOB_STATUSES
-
     return {s: 0 for s in JOB_STATUSES}
 
 
