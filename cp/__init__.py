@@ -13,6 +13,9 @@ from typing import Mapping
 from flask import Flask
 
 from config import ConfigError, Settings, load_settings
+from cp import admin, agent_api, api, auth, cli, dbutil
+from cp.extensions import csrf, db, migrate
+from cp.web import errors, health, logs, metrics, pages, security
 
 MIGRATIONS_DIR = str(Path(__file__).resolve().parent.parent / "migrations")
 
@@ -25,10 +28,6 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
 
     app = Flask(__name__, instance_path=env.get("CONTROL_PLANE_INSTANCE_PATH") or None)
     _configure(app, settings)
-
-    from cp import admin, agent_api, api, auth, cli, dbutil
-    from cp.extensions import csrf, db, migrate
-    from cp.web import errors, health, logs, metrics, pages, security
 
     logs.init_app(app)
     db.init_app(app)

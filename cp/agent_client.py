@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import requests
+
 from cp.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 
@@ -57,8 +59,6 @@ class AgentError(RuntimeError):
 class AgentClient:
     def __init__(self, base_url: str, instance_id: str, secret: str, *, timestamp: bool = True,
                  timeout: float = 10.0, session: Any = None):
-        import requests
-
         self.base_url = base_url.rstrip("/")
         self.instance_id = instance_id
         self.secret = secret

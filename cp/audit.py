@@ -8,9 +8,10 @@ from functools import wraps
 from typing import Callable
 
 from flask import g, request
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert
 from werkzeug.exceptions import HTTPException
 
+from cp.dbutil import equal_to, paged
 from cp.errors import DomainError
 from cp.extensions import db
 from cp.models import AuditLog
@@ -87,17 +88,8 @@ def audited(action: str, target_type: str | None = None, id_kwarg: str | None = 
 def audit_filters(*, action: str | None = None, role: str | None = None, outcome: str | None = None,
                   target_type: str | None = None, target_id: str | None = None,
                   since: datetime | None = None, until: datetime | None = None) -> list:
-    conds: list = []
-    if action:
-        conds.append(AuditLog.action == action)
-    if role:
-        conds.append(AuditLog.role == role)
-    if outcome:
-        conds.append(AuditLog.outcome == outcome)
-    if target_type:
-        conds.append(AuditLog.target_type == target_type)
-    if target_id:
-        conds.append(AuditLog.target_id == target_id)
+    conds = equal_to(AuditLog, action=action, role=role, outcome=outcome, target_type=target_type,
+                     target_id=target_id)
     if since:
         conds.append(AuditLog.at >= since)
     if until:
@@ -108,7 +100,5 @@ def audit_filters(*, action: str | None = None, role: str | None = None, outcome
 def list_entries(*, limit: int = 50, offset: int = 0, **filters) -> tuple[list[AuditLog], int]:
     """Entries newest first (ties by id) and the total matching ``filters``."""
     conds = audit_filters(**filters)
-    total = db.session.execute(select(func.count()).select_from(AuditLog).where(*conds)).scalar_one()
-    items = db.session.scalars(select(AuditLog).where(*conds).order_by(AuditLog.at.desc(), AuditLog.id.desc())
-                               .limit(limit).offset(offset)).all()
-    return list(items), total
+    page = paged(AuditLog, conds, newest=AuditLog.at, limit=limit, offset=offset)
+    return page.items, page.total

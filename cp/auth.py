@@ -17,6 +17,7 @@ from flask import (
     Blueprint,
     current_app,
     g,
+    jsonify,
     redirect,
     render_template,
     request,
@@ -219,8 +220,6 @@ def logout():
     logout_user()
     session.clear()
     if request.accept_mimetypes.best == "application/json" or request.is_json:
-        from flask import jsonify
-
         return jsonify({"logged_out": True})
     return redirect(url_for("auth.login"), code=303)
 

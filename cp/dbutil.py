@@ -3,10 +3,13 @@ liveness test."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import event, exc, text
+from sqlalchemy import event, exc, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
+from cp.errors import NotFound
 from cp.extensions import db
 
 
@@ -23,6 +26,42 @@ def insert(table):
 
 def is_postgres() -> bool:
     return dialect_name() == "postgresql"
+
+
+def equal_to(model, **values) -> list:
+    """``model.<name> == value`` for each value given (``None`` and ``""`` filter nothing): the
+    conditions of a list's exact-match filters."""
+    return [getattr(model, name) == value for name, value in values.items() if value not in (None, "")]
+
+
+@dataclass
+class Page:
+    items: list[Any]
+    total: int
+    limit: int
+    offset: int
+
+
+def paged(model, conds: list, *, newest, limit: int, offset: int, options: tuple = ()) -> Page:
+    """One page of the ``model`` rows matching ``conds``, newest first by the ``newest`` column
+    (ties by id, newest first too), and how many match in all: the contract's list order."""
+    total = db.session.execute(select(func.count(model.id)).where(*conds)).scalar_one()
+    items = db.session.scalars(select(model).options(*options).where(*conds)
+                               .order_by(newest.desc(), model.id.desc()).limit(limit).offset(offset)).all()
+    return Page(list(items), total, limit, offset)
+
+
+def get_by_id(model, ident: int, *, missing: str, code: str = "not_found", lock: bool = False,
+              skip_locked: bool = False):
+    """The ``model`` row with id ``ident`` (``lock``: ``SELECT ... FOR UPDATE`` of that row, its
+    attributes refreshed), else ``NotFound(missing, code)``."""
+    stmt = select(model).where(model.id == ident)
+    if lock:
+        stmt = stmt.with_for_update(of=model, skip_locked=skip_locked).execution_options(populate_existing=True)
+    row = db.session.scalars(stmt).first()
+    if row is None:
+        raise NotFound(missing, code=code)
+    return row
 
 
 def without_index_only_scans(run):

@@ -1,4 +1,6 @@
 """The Flask extensions, created unbound; ``create_app`` binds them with ``init_app``."""
+import sqlite3
+
 from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
@@ -31,8 +33,6 @@ csrf = CSRFProtect()
 def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
     """The embedded SQLite default: WAL so the worker and the web processes read while one
     writes, a busy timeout instead of "database is locked", and enforced foreign keys."""
-    import sqlite3
-
     if isinstance(dbapi_connection, sqlite3.Connection):
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")

@@ -10,6 +10,7 @@ import pytest
 from apispec.yaml_utils import load_operations_from_docstring
 from openapi_spec_validator import validate
 
+from cp.api.rollout_transitions import KINDS, TRANSITIONS
 from cp.api.spec import auth_of, build_spec, openapi_path
 from tests.conftest import ROOT, bearer
 
@@ -155,10 +156,11 @@ def test_auth_in_the_spec_is_what_the_server_enforces(app, spec):
 
 
 def test_every_operation_is_documented_in_its_docstring(app):
-    """Each /api view carries an apispec YAML block for each of its methods, with a success
-    response naming its schema (the spec is generated from these, not written by hand)."""
+    """Each /api view carries an apispec YAML block for each of its methods (or, registered from
+    a table, the same as data in ``cp_openapi``), with a success response naming its schema (the
+    spec is generated from these, not written by hand)."""
     for method, _, rule, view in api_rules(app):
-        ops = load_operations_from_docstring(view.__doc__ or "")
+        ops = getattr(view, "cp_openapi", None) or load_operations_from_docstring(view.__doc__ or "")
         op = ops.get(method.lower())
         assert op, f"{method} {rule.rule}: no YAML block in the docstring of {view.__name__}"
         assert op.get("summary") or (view.__doc__ or "").strip().split("\n")[0], rule.rule
@@ -311,3 +313,19 @@ def test_docs_page_escapes_what_it_shows(client, monkeypatch):
 
 def test_docs_page_is_readable_by_a_support_user_too(client):
     assert client.get("/api/docs", headers=bearer("support")).status_code == 200
+
+
+def test_rollout_transitions_of_both_kinds_come_from_one_table(app, spec):
+    """Every transition is a route of both kinds with its operation; those that take no body
+    document none (and refuse one), those that take one name its schema."""
+    for kind in KINDS:
+        for transition in TRANSITIONS:
+            op = spec["paths"][f"/api{kind.prefix}/{{rollout_id}}/{transition.name}"]["post"]
+            assert op["x-required-role"] == transition.role
+            assert op["operationId"] == f"api_{transition.name}_{kind.endpoint}"
+            assert {"200", "404", "409"} <= {str(c) for c in op["responses"]}
+            if transition.body is None:
+                assert "requestBody" not in op
+            else:
+                ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+                assert ref.endswith(transition.body.__name__.removesuffix("Schema"))

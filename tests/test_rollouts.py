@@ -308,6 +308,21 @@ def test_pause_and_resume(app, client, agent, setup):
     assert next_job(agent, "inst-001") is not None
 
 
+@pytest.mark.parametrize("name", ["resume", "cancel", "retry"])
+def test_transitions_without_a_body_refuse_one(app, client, agent, setup, name):
+    """resume/cancel/retry take no body: a field is a 422 (not read as a pause reason), another
+    content type a 415, and nothing changes; no body at all, or {}, is fine."""
+    rid = rollout(client, batch_size=2).get_json()["id"]
+    url = f"/api/rollouts/{rid}/{name}"
+    resp = client.post(url, json={"reason": "a pause reason"}, headers=bearer("admin"))
+    assert_error(resp, 422, "validation_error")
+    assert "reason" in resp.get_json()["details"]
+    assert client.post(url, data="x", headers={**bearer("admin"), "Content-Type": "text/plain"}).status_code == 415
+    assert client.get(f"/api/rollouts/{rid}", headers=bearer("support")).get_json()["status"] == "active"
+    assert client.post(url, headers=bearer("admin")).status_code in (200, 409)
+    assert client.post(url, json={}, headers=bearer("admin")).status_code in (200, 409)
+
+
 def test_cancel(app, client, agent, setup):
     rid = rollout(client, batch_size=2).get_json()["id"]
     running = next_job(agent, "inst-000")

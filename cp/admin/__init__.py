@@ -11,6 +11,7 @@ from flask_admin import Admin, expose
 from flask_admin.theme import Bootstrap4Theme
 
 from cp.web import charts
+from cp.web.security import csp_nonce
 from cp.fleet import dashboard
 from cp.admin import audit, fleet, outbox, plugins, restores, rollouts
 from cp.admin.base import SecureIndexView
@@ -42,8 +43,6 @@ class IndexView(SecureIndexView):
 
 def init_app(app) -> None:
     theme = Bootstrap4Theme(base_template="admin/cp_base.html", swatch="cerulean", fluid=True)
-    from cp.web.security import csp_nonce
-
     admin = Admin(app, name="control-plane", url="/admin", theme=theme,
                   index_view=IndexView(url="/admin", name="Dashboard"),
                   csp_nonce_generator=csp_nonce)  # its inline scripts carry the CSP nonce (cp.web.security)

@@ -20,6 +20,8 @@ from wtforms import validators
 
 from cp.fleet import alerts as alert_domain
 from cp.fleet import queries as fleet
+from cp.delivery import restores
+from cp.delivery.rollouts import on_channel_change
 from cp.extensions import db
 from cp.timeutil import utcnow
 from cp.models import (
@@ -126,8 +128,6 @@ class InstallationView(SecureModelView):
     @action("schedule_restore", "Schedule restore verification",
             "Schedule a restore verification, due now, on every selected installation?")
     def action_schedule_restore(self, ids):
-        from cp.delivery import restores
-
         self.run_action("restore.schedule", ids,
                         lambda i: f"{len(restores.schedule_for_installations(i, by=current_role()))} "
                                   "restore verification(s) scheduled.", "installation")
@@ -140,8 +140,6 @@ def channel_changed(inst: Installation, old_channel: str | None) -> None:
     now = utcnow()
     db.session.add(InstallationEvent(installation_id=inst.id, field="release_channel", old_value=old_channel,
                                      new_value=inst.release_channel, at=now))
-    from cp.delivery.rollouts import on_channel_change
-
     on_channel_change(inst.id, old_channel, inst.release_channel, inst.version, now)
 
 

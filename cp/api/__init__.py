@@ -4,12 +4,14 @@ Each resource has its own module; handlers parse (``cp.web.parsing``), call the 
 with the resource's schema (``cp.api.schemas``)."""
 from flask import Blueprint
 
+from cp.extensions import csrf
+
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 
 def init_app(app) -> None:
-    from cp.extensions import csrf
-    from cp.api import audit, fleet, plugins, releases, restores, rollouts, spec  # noqa: F401  (register routes)
+    # the route modules import ``bp`` from here: imported once it exists (a cycle otherwise)
+    from cp.api import audit, fleet, plugins, releases, restores, rollout_transitions, rollouts, spec  # noqa: F401
 
     # JSON endpoints: bearer requests carry no ambient credential, and cookie requests are
     # checked for a same-site Origin in ``auth.require_role`` (with SameSite=Lax cookies).

@@ -1,22 +1,25 @@
 """Fleet read API (support+) and alert / job-failure triage (ops+)."""
+from typing import Callable
+
 from flask import jsonify
 
 from cp.fleet import alerts as alert_domain
 from cp.fleet import queries as fleet
 from cp.delivery import plugins as plugin_domain
-from cp.audit import audited
-from cp.auth import current_role, role_required
-from cp.extensions import db
+from cp.auth import role_required
 from cp.web.parsing import load_args
 from cp.delivery.releases import releases_behind
 from cp.api import bp
+from cp.api.actions import register_action, register_list
 from cp.api.schemas import (
     AlertArgsSchema,
+    AlertListSchema,
     AlertSchema,
     InstallationArgsSchema,
     InstallationDetailSchema,
     InstallationSchema,
     JobFailureArgsSchema,
+    JobFailureListSchema,
     JobFailureSchema,
 )
 
@@ -65,8 +68,6 @@ def get_installation(instance_id: str):
     ---
     get:
       tags: [fleet]
-      parameters:
-      - {in: path, name: instance_id, required: true, schema: {type: string}}
       responses:
         200:
           content:
@@ -84,110 +85,33 @@ def get_installation(instance_id: str):
     return jsonify(detail_schema.dump(data))
 
 
-@bp.get("/alerts")
-@role_required("support")
-def list_alerts():
-    """List alerts.
-    ---
-    get:
-      tags: [alerts]
-      parameters:
-      - in: query
-        schema: AlertArgsSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: AlertListSchema
-    """
-    page = fleet.list_alerts(**load_args(AlertArgsSchema()))
-    return jsonify({"items": alert_schema.dump(page.items, many=True), "total": page.total})
+register_list("/alerts", endpoint="list_alerts", role="support", tag="alerts", summary="List alerts.",
+              args=AlertArgsSchema, answer=AlertListSchema,
+              fetch=fleet.list_alerts, dump=AlertSchema(many=True).dump)
 
 
-@bp.get("/job-failures")
-@role_required("support")
-def list_job_failures():
-    """List job failures.
-    ---
-    get:
-      tags: [alerts]
-      parameters:
-      - in: query
-        schema: JobFailureArgsSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: JobFailureListSchema
-    """
-    page = fleet.list_job_failures(**load_args(JobFailureArgsSchema()))
-    return jsonify({"items": failure_schema.dump(page.items, many=True), "total": page.total})
+register_list("/job-failures", endpoint="list_job_failures", role="support", tag="alerts",
+              summary="List job failures.", args=JobFailureArgsSchema, answer=JobFailureListSchema,
+              fetch=fleet.list_job_failures,
+              dump=JobFailureSchema(many=True).dump)
 
 
-@bp.post("/alerts/<int:alert_id>/acknowledge")
-@role_required("ops")
-@audited("alert.acknowledge", "alert", "alert_id")
-def acknowledge_alert(alert_id: int):
-    """Acknowledge an alert (repeating it is a no-op).
-    ---
-    post:
-      tags: [alerts]
-      parameters:
-      - {in: path, name: alert_id, required: true, schema: {type: integer}}
-      responses:
-        200:
-          content:
-            application/json:
-              schema: AlertSchema
-        404:
-          description: Unknown alert.
-    """
-    alert = alert_domain.acknowledge_alert(alert_id, by=current_role())
-    db.session.commit()
-    return jsonify(alert_schema.dump(alert))
+# --- triage: acknowledge/resolve (ops+, no body; repeating one is a no-op) --------------------
+def _alert_action(action: Callable) -> Callable[[int, dict, str | None], dict]:
+    return lambda alert_id, _body, by: alert_schema.dump(action(alert_id, by=by))
 
 
-@bp.post("/alerts/<int:alert_id>/resolve")
-@role_required("ops")
-@audited("alert.resolve", "alert", "alert_id")
-def resolve_alert(alert_id: int):
-    """Resolve an alert (repeating it is a no-op).
-    ---
-    post:
-      tags: [alerts]
-      parameters:
-      - {in: path, name: alert_id, required: true, schema: {type: integer}}
-      responses:
-        200:
-          content:
-            application/json:
-              schema: AlertSchema
-        404:
-          description: Unknown alert.
-    """
-    alert = alert_domain.resolve_alert(alert_id, by=current_role())
-    db.session.commit()
-    return jsonify(alert_schema.dump(alert))
-
-
-@bp.post("/job-failures/<int:failure_id>/resolve")
-@role_required("ops")
-@audited("job_failure.resolve", "job_failure", "failure_id")
-def resolve_job_failure(failure_id: int):
-    """Resolve a job failure (repeating it is a no-op).
-    ---
-    post:
-      tags: [alerts]
-      parameters:
-      - {in: path, name: failure_id, required: true, schema: {type: integer}}
-      responses:
-        200:
-          content:
-            application/json:
-              schema: JobFailureSchema
-        404:
-          description: Unknown job failure.
-    """
-    failure = alert_domain.resolve_job_failure(failure_id, by=current_role())
-    db.session.commit()
-    return jsonify(failure_schema.dump(failure))
+register_action("/alerts/<int:alert_id>/acknowledge", endpoint="acknowledge_alert", id_arg="alert_id", role="ops",
+                audit="alert.acknowledge", target_type="alert", tag="alerts", answer=AlertSchema,
+                summary="Acknowledge an alert (repeating it is a no-op).", errors={404: "Unknown alert."},
+                run=_alert_action(alert_domain.acknowledge_alert))
+register_action("/alerts/<int:alert_id>/resolve", endpoint="resolve_alert", id_arg="alert_id", role="ops",
+                audit="alert.resolve", target_type="alert", tag="alerts", answer=AlertSchema,
+                summary="Resolve an alert (repeating it is a no-op).", errors={404: "Unknown alert."},
+                run=_alert_action(alert_domain.resolve_alert))
+register_action("/job-failures/<int:failure_id>/resolve", endpoint="resolve_job_failure", id_arg="failure_id",
+                role="ops", audit="job_failure.resolve", target_type="job_failure", tag="alerts",
+                answer=JobFailureSchema, summary="Resolve a job failure (repeating it is a no-op).",
+                errors={404: "Unknown job failure."},
+                run=lambda failure_id, _body, by: failure_schema.dump(
+                    alert_domain.resolve_job_failure(failure_id, by=by)))

@@ -1,8 +1,7 @@
 """``/api/plugins/*`` for people: plugin releases, requests (list, approve, reject) and plugin
 rollouts. Releases and requests are admin only (as the contract says); reading a plugin rollout
-is support+, pausing/resuming it ops+, everything else admin, as for core rollouts. The
-rollout operations are the engine's (``cp.delivery.rollouts``), applied to plugin rollouts only (a core
-rollout's id is a 404 here)."""
+is support+, creating it admin; its transitions (pause/resume ops+, the others admin) are
+registered with the core ones in ``cp.api.rollout_transitions``."""
 from flask import jsonify
 
 from cp.delivery import plugins
@@ -10,37 +9,30 @@ from cp.delivery import rollouts
 from cp.audit import audited
 from cp.auth import current_role, role_required
 from cp.extensions import db
-from cp.web.parsing import load_args, load_json
+from cp.web.parsing import load_json
 from cp.api import bp
+from cp.api.actions import register_action, register_list
 from cp.api.plugin_schemas import (
     PluginReleaseArgsSchema,
     PluginReleaseCreateSchema,
     PluginReleaseItemSchema,
+    PluginReleaseListSchema,
     PluginReleaseSchema,
     PluginRequestApproveSchema,
     PluginRequestArgsSchema,
+    PluginRequestListSchema,
     PluginRequestRejectSchema,
     PluginRequestSchema,
     PluginRolloutArgsSchema,
     PluginRolloutCreateSchema,
     PluginRolloutDetailSchema,
-    PluginRolloutSchema,
+    PluginRolloutListSchema,
 )
-from cp.api.rollout_schemas import RolloutAdvanceSchema, RolloutPauseSchema, rollout_data
+from cp.api.rollout_schemas import rollout_data
+from cp.api.rollout_transitions import dump_plugin_rollout, dump_plugin_rollouts
 
 release_schema = PluginReleaseSchema()
-release_item_schema = PluginReleaseItemSchema()
 request_schema = PluginRequestSchema()
-rollout_schema = PluginRolloutSchema()
-rollout_detail_schema = PluginRolloutDetailSchema()
-
-
-def _rollout(rollout, *, detail: bool = False, **extra) -> dict:
-    counts = rollouts.job_counts([rollout.id])[rollout.id]
-    if detail:
-        data = rollout_data(rollout, counts, rollouts.batch_counts(rollout), version=rollout.release.version)
-        return rollout_detail_schema.dump(data)
-    return rollout_schema.dump(rollout_data(rollout, counts, version=rollout.release.version, **extra))
 
 
 # --- releases ---------------------------------------------------------------------------------
@@ -78,116 +70,43 @@ def publish_plugin_release():
     return jsonify(release_schema.dump(release)), 201
 
 
-@bp.get("/plugins/releases")
-@role_required("admin")
-def list_plugin_releases():
-    """List plugin releases.
-    ---
-    get:
-      tags: [plugins]
-      summary: Plugin releases newest first (of one plugin with ?plugin=), with manifests and signatures as stored.
-      parameters:
-      - in: query
-        schema: PluginReleaseArgsSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: PluginReleaseListSchema
-    """
-    items, total = plugins.list_plugin_releases(**load_args(PluginReleaseArgsSchema()))
-    return jsonify({"items": release_item_schema.dump(items, many=True), "total": total})
+register_list("/plugins/releases", endpoint="list_plugin_releases", role="admin", tag="plugins",
+              summary="Plugin releases newest first (of one plugin with ?plugin=), with manifests and signatures "
+                      "as stored.",
+              args=PluginReleaseArgsSchema, answer=PluginReleaseListSchema, fetch=plugins.list_plugin_releases,
+              dump=PluginReleaseItemSchema(many=True).dump)
 
 
 # --- requests ---------------------------------------------------------------------------------
-@bp.get("/plugins/requests/list")
-@role_required("admin")
-def list_plugin_requests():
-    """List plugin requests.
-    ---
-    get:
-      tags: [plugins]
-      summary: Requests newest first, filtered by status, plugin or instance_id.
-      parameters:
-      - in: query
-        schema: PluginRequestArgsSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: PluginRequestListSchema
-    """
-    page = plugins.list_requests(**load_args(PluginRequestArgsSchema()))
-    return jsonify({"items": request_schema.dump(page.items, many=True), "total": page.total})
+register_list("/plugins/requests/list", endpoint="list_plugin_requests", role="admin", tag="plugins",
+              summary="Requests newest first, filtered by status, plugin or instance_id.",
+              args=PluginRequestArgsSchema, answer=PluginRequestListSchema,
+              fetch=plugins.list_requests,
+              dump=PluginRequestSchema(many=True).dump)
 
 
-@bp.post("/plugins/requests/<int:request_id>/approve")
-@role_required("admin")
-@audited("plugin_request.approve", "plugin_request", "request_id")
-def approve_plugin_request(request_id: int):
-    """Approve a pending request: an install job of the requested version, else the newest.
-    ---
-    post:
-      tags: [plugins]
-      summary: status approved, an install job for the installation, the plugin recorded as approved.
-      description: >
-        Without a requested version the newest release is installed (the newest final release
-        when there is one). The body is optional; its reason is kept with the decision.
-      parameters:
-      - {in: path, name: request_id, required: true, schema: {type: integer}}
-      requestBody:
-        required: false
-        content:
-          application/json:
-            schema: PluginRequestApproveSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: PluginRequestSchema
-        404:
-          description: Unknown request.
-        409:
-          description: The request is not pending (request_not_pending).
-    """
-    body = load_json(PluginRequestApproveSchema(), allow_empty=True)
-    request = plugins.approve(request_id, reason=body.get("reason"), by=current_role())
-    data = request_schema.dump(request)
-    db.session.commit()
-    return jsonify(data)
+# A decision on a pending request: (name, its body, what it does, the domain call).
+DECISIONS = (
+    ("approve", PluginRequestApproveSchema,
+     "Approve a pending request: status approved and an install job of the requested version, else the newest "
+     "(the newest final release when there is one). The optional reason is kept with the decision.",
+     lambda request_id, body, by: plugins.approve(request_id, reason=body.get("reason"), by=by)),
+    ("reject", PluginRequestRejectSchema,
+     "Reject a pending request, saying why: status rejected; the agent sees the reason (decision_reason) in its "
+     "request list.",
+     lambda request_id, body, by: plugins.reject(request_id, reason=body["reason"], by=by)),
+)
 
 
-@bp.post("/plugins/requests/<int:request_id>/reject")
-@role_required("admin")
-@audited("plugin_request.reject", "plugin_request", "request_id")
-def reject_plugin_request(request_id: int):
-    """Reject a pending request, saying why.
-    ---
-    post:
-      tags: [plugins]
-      summary: status rejected; the agent sees the reason (decision_reason) in its request list.
-      parameters:
-      - {in: path, name: request_id, required: true, schema: {type: integer}}
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: PluginRequestRejectSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: PluginRequestSchema
-        404:
-          description: Unknown request.
-        409:
-          description: The request is not pending (request_not_pending).
-    """
-    body = load_json(PluginRequestRejectSchema())
-    request = plugins.reject(request_id, reason=body["reason"], by=current_role())
-    data = request_schema.dump(request)
-    db.session.commit()
-    return jsonify(data)
+def _decide(call):
+    return lambda request_id, body, by: request_schema.dump(call(request_id, body, by))
+
+
+for _name, _body, _summary, _call in DECISIONS:
+    register_action(f"/plugins/requests/<int:request_id>/{_name}", endpoint=f"{_name}_plugin_request",
+                    id_arg="request_id", role="admin", audit=f"plugin_request.{_name}", target_type="plugin_request",
+                    tag="plugins", answer=PluginRequestSchema, body=_body, summary=_summary, run=_decide(_call),
+                    errors={404: "Unknown request.", 409: "The request is not pending (request_not_pending)."})
 
 
 # --- rollouts ---------------------------------------------------------------------------------
@@ -221,32 +140,15 @@ def create_plugin_rollout():
     """
     body = load_json(PluginRolloutCreateSchema())
     rollout = plugins.create_plugin_rollout(by=current_role(), **body)
-    data = _rollout(rollout)
+    data = dump_plugin_rollout(rollout)
     db.session.commit()
     return jsonify(data), 201
 
 
-@bp.get("/plugins/rollouts")
-@role_required("support")
-def list_plugin_rollouts():
-    """List plugin rollouts.
-    ---
-    get:
-      tags: [plugins]
-      summary: Plugin rollouts newest first, each with its job counts by status.
-      parameters:
-      - in: query
-        schema: PluginRolloutArgsSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: PluginRolloutListSchema
-    """
-    items, total = rollouts.list_rollouts(kind="plugin", **load_args(PluginRolloutArgsSchema()))
-    counts = rollouts.job_counts([r.id for r in items])
-    return jsonify({"items": [rollout_schema.dump(rollout_data(r, counts[r.id], version=r.release.version))
-                              for r in items], "total": total})
+register_list("/plugins/rollouts", endpoint="list_plugin_rollouts", role="support", tag="plugins",
+              summary="Plugin rollouts newest first, each with its job counts by status.",
+              args=PluginRolloutArgsSchema, answer=PluginRolloutListSchema,
+              fetch=lambda **args: rollouts.list_rollouts(kind="plugin", **args), dump=dump_plugin_rollouts)
 
 
 @bp.get("/plugins/rollouts/<int:rollout_id>")
@@ -256,8 +158,6 @@ def get_plugin_rollout(rollout_id: int):
     ---
     get:
       tags: [plugins]
-      parameters:
-      - {in: path, name: rollout_id, required: true, schema: {type: integer}}
       responses:
         200:
           content:
@@ -266,154 +166,7 @@ def get_plugin_rollout(rollout_id: int):
         404:
           description: Unknown plugin rollout.
     """
-    return jsonify(_rollout(plugins.get_plugin_rollout(rollout_id), detail=True))
-
-
-@bp.post("/plugins/rollouts/<int:rollout_id>/advance")
-@role_required("admin")
-@audited("plugin_rollout.advance", "rollout", "rollout_id")
-def advance_plugin_rollout(rollout_id: int):
-    """Open the next batch (past the last one: completed), as for core rollouts.
-    ---
-    post:
-      tags: [plugins]
-      parameters:
-      - {in: path, name: rollout_id, required: true, schema: {type: integer}}
-      requestBody:
-        required: false
-        content:
-          application/json:
-            schema: RolloutAdvanceSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: PluginRolloutSchema
-        404:
-          description: Unknown plugin rollout.
-        409:
-          description: Not active, a job of the current batch failed (without force), or from_batch not open yet.
-    """
-    body = load_json(RolloutAdvanceSchema(), allow_empty=True)
-    plugins.get_plugin_rollout(rollout_id)
-    rollout = rollouts.advance(rollout_id, by=current_role(), **body)
-    data = _rollout(rollout)
-    db.session.commit()
-    return jsonify(data)
-
-
-@bp.post("/plugins/rollouts/<int:rollout_id>/pause")
-@role_required("ops")
-@audited("plugin_rollout.pause", "rollout", "rollout_id")
-def pause_plugin_rollout(rollout_id: int):
-    """Pause: no new plugin jobs are handed out (pausing a paused rollout is a no-op).
-    ---
-    post:
-      tags: [plugins]
-      parameters:
-      - {in: path, name: rollout_id, required: true, schema: {type: integer}}
-      requestBody:
-        required: false
-        content:
-          application/json:
-            schema: RolloutPauseSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: PluginRolloutSchema
-        404:
-          description: Unknown plugin rollout.
-        409:
-          description: Completed or cancelled.
-    """
-    body = load_json(RolloutPauseSchema(), allow_empty=True)
-    plugins.get_plugin_rollout(rollout_id)
-    rollout = rollouts.pause(rollout_id, reason=body.get("reason"), by=current_role())
-    data = _rollout(rollout)
-    db.session.commit()
-    return jsonify(data)
-
-
-@bp.post("/plugins/rollouts/<int:rollout_id>/resume")
-@role_required("ops")
-@audited("plugin_rollout.resume", "rollout", "rollout_id")
-def resume_plugin_rollout(rollout_id: int):
-    """Resume a paused plugin rollout (resuming an active one is a no-op).
-    ---
-    post:
-      tags: [plugins]
-      parameters:
-      - {in: path, name: rollout_id, required: true, schema: {type: integer}}
-      responses:
-        200:
-          content:
-            application/json:
-              schema: PluginRolloutSchema
-        404:
-          description: Unknown plugin rollout.
-        409:
-          description: Completed or cancelled.
-    """
-    load_json(RolloutPauseSchema(), allow_empty=True)
-    plugins.get_plugin_rollout(rollout_id)
-    rollout = rollouts.resume(rollout_id, by=current_role())
-    data = _rollout(rollout)
-    db.session.commit()
-    return jsonify(data)
-
-
-@bp.post("/plugins/rollouts/<int:rollout_id>/cancel")
-@role_required("admin")
-@audited("plugin_rollout.cancel", "rollout", "rollout_id")
-def cancel_plugin_rollout(rollout_id: int):
-    """Cancel: pending plugin jobs are cancelled; finished and in-progress jobs stay.
-    ---
-    post:
-      tags: [plugins]
-      parameters:
-      - {in: path, name: rollout_id, required: true, schema: {type: integer}}
-      responses:
-        200:
-          content:
-            application/json:
-              schema: PluginRolloutSchema
-        404:
-          description: Unknown plugin rollout.
-        409:
-          description: Already completed.
-    """
-    load_json(RolloutPauseSchema(), allow_empty=True)
-    plugins.get_plugin_rollout(rollout_id)
-    rollout = rollouts.cancel(rollout_id, by=current_role())
-    data = _rollout(rollout)
-    db.session.commit()
-    return jsonify(data)
-
-
-@bp.post("/plugins/rollouts/<int:rollout_id>/retry")
-@role_required("admin")
-@audited("plugin_rollout.retry", "rollout", "rollout_id")
-def retry_plugin_rollout(rollout_id: int):
-    """Queue the failed plugin jobs again; ``requeued`` says how many.
-    ---
-    post:
-      tags: [plugins]
-      parameters:
-      - {in: path, name: rollout_id, required: true, schema: {type: integer}}
-      responses:
-        200:
-          content:
-            application/json:
-              schema: PluginRolloutSchema
-        404:
-          description: Unknown plugin rollout.
-        409:
-          description: Cancelled.
-    """
-    load_json(RolloutPauseSchema(), allow_empty=True)
-    plugins.get_plugin_rollout(rollout_id)
-    rollout, requeued = rollouts.retry(rollout_id, by=current_role())
-    data = _rollout(rollout, requeued=requeued)
-    db.session.commit()
-    return jsonify(data)
+    rollout = plugins.get_plugin_rollout(rollout_id)
+    counts = rollouts.job_counts([rollout.id])[rollout.id]
+    data = rollout_data(rollout, counts, rollouts.batch_counts(rollout), version=rollout.release.version)
+    return jsonify(PluginRolloutDetailSchema().dump(data))

@@ -5,12 +5,18 @@ from cp.delivery import releases
 from cp.audit import audited
 from cp.auth import current_role, role_required
 from cp.extensions import db
-from cp.web.parsing import load_args, load_json
+from cp.web.parsing import load_json
 from cp.api import bp
-from cp.api.rollout_schemas import ReleaseArgsSchema, ReleaseCreateSchema, ReleaseItemSchema, ReleaseSchema
+from cp.api.actions import register_list
+from cp.api.rollout_schemas import (
+    ReleaseArgsSchema,
+    ReleaseCreateSchema,
+    ReleaseItemSchema,
+    ReleaseListSchema,
+    ReleaseSchema,
+)
 
 release_schema = ReleaseSchema()
-item_schema = ReleaseItemSchema()
 
 
 @bp.post("/releases")
@@ -47,22 +53,7 @@ def publish_release():
     return jsonify(release_schema.dump(release)), 201
 
 
-@bp.get("/releases")
-@role_required("support")
-def list_releases():
-    """List core releases.
-    ---
-    get:
-      tags: [releases]
-      summary: Core releases, newest first, with their manifests and signatures as stored.
-      parameters:
-      - in: query
-        schema: ReleaseArgsSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: ReleaseListSchema
-    """
-    items, total = releases.list_releases(**load_args(ReleaseArgsSchema()))
-    return jsonify({"items": item_schema.dump(items, many=True), "total": total})
+register_list("/releases", endpoint="list_releases", role="support", tag="releases",
+              summary="Core releases, newest first, with their manifests and signatures as stored.",
+              args=ReleaseArgsSchema, answer=ReleaseListSchema, fetch=releases.list_releases,
+              dump=ReleaseItemSchema(many=True).dump)

@@ -5,7 +5,8 @@ rendered on the server from the same document; no JavaScript, no CDN).
 
 Nothing is listed by hand: ``build_spec`` walks ``app.url_map`` and reads, for each ``/api``
 rule and method, the apispec YAML block of the view's docstring (``---`` then ``get:`` /
-``post:`` ...; schemas are named by their marshmallow class). It then completes each operation
+``post:`` ...; schemas are named by their marshmallow class), or, for views registered from a
+table, the same operations as data in the view's ``cp_openapi`` attribute. It then completes each operation
 from what the code itself declares, so the document cannot drift from the routes:
 
 - auth: views wrapped by ``cp.auth.role_required`` (``cp_required_role``) take a bearer token
@@ -208,7 +209,8 @@ def build_spec(app) -> dict:
     for rule in rules:
         view = app.view_functions[rule.endpoint]
         path, path_params = openapi_path(rule.rule)
-        documented = load_operations_from_docstring(view.__doc__ or "") or {}
+        # a view registered from a table (cp.api.rollout_transitions) carries its operations
+        documented = getattr(view, "cp_openapi", None) or load_operations_from_docstring(view.__doc__ or "") or {}
         methods = sorted(m.lower() for m in (rule.methods or ()) if m.lower() in METHODS)
         ops = by_path.setdefault(path, {})
         for method in methods:

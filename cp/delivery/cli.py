@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cp.delivery.releases import is_version, public_key_b64, sign_manifest
+from cp.delivery.plugins import PLUGIN_NAME_HELP, is_plugin_name
 
 KEY_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
@@ -83,8 +84,6 @@ def sign(manifest_file: Path, key_file: Path, key_id: str | None, channel: str, 
     if plugin is not None:
         # the plugin's name becomes part of what is signed: a manifest of one plugin cannot be
         # published as another (the server refuses a manifest naming another plugin)
-        from cp.delivery.plugins import PLUGIN_NAME_HELP, is_plugin_name
-
         if not is_plugin_name(plugin):
             raise click.BadParameter(PLUGIN_NAME_HELP, param_hint="--plugin")
         if manifest.setdefault("plugin", plugin) != plugin:

@@ -44,10 +44,9 @@ from sqlalchemy.orm import joinedload
 
 from cp.delivery import releases
 from cp.delivery import rollouts
-from cp.dbutil import insert
+from cp.dbutil import Page, get_by_id, insert, paged
 from cp.errors import Conflict, Invalid, NotFound
 from cp.extensions import db
-from cp.fleet.queries import Page, _count
 from cp.models import (
     Installation,
     InstallationPlugin,
@@ -219,13 +218,8 @@ def create_request(*, instance_id: str, plugin: str, version: str | None = None,
 
 
 def get_request(request_id: int, *, lock: bool = False) -> PluginRequest:
-    stmt = select(PluginRequest).where(PluginRequest.id == request_id)
-    if lock:
-        stmt = stmt.with_for_update(of=PluginRequest).execution_options(populate_existing=True)
-    request = db.session.scalars(stmt).first()
-    if request is None:
-        raise NotFound(f"No plugin request with id {request_id}.", code="unknown_request")
-    return request
+    return get_by_id(PluginRequest, request_id, lock=lock, missing=f"No plugin request with id {request_id}.",
+                     code="unknown_request")
 
 
 def _decidable(request_id: int) -> PluginRequest:
@@ -292,13 +286,8 @@ def list_requests(*, limit: int = 50, offset: int = 0, status: str | None = None
             select(Installation.id).where(Installation.instance_id == instance_id)))
     if installation_id is not None:
         conds.append(PluginRequest.installation_id == installation_id)
-    total = _count(select(PluginRequest.id).where(*conds))
-    items = db.session.scalars(
-        select(PluginRequest).options(joinedload(PluginRequest.installation),
-                                      joinedload(PluginRequest.job).joinedload(Job.release))
-        .where(*conds).order_by(PluginRequest.created_at.desc(), PluginRequest.id.desc())
-        .limit(limit).offset(offset)).all()
-    return Page(list(items), total, limit, offset)
+    return paged(PluginRequest, conds, newest=PluginRequest.created_at, limit=limit, offset=offset,
+                 options=(joinedload(PluginRequest.installation), joinedload(PluginRequest.job).joinedload(Job.release)))
 
 
 def list_own_requests(instance_id: str, **args: Any) -> Page:

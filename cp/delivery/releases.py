@@ -22,11 +22,13 @@ from functools import lru_cache, total_ordering
 from typing import Any, Iterable
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from cp.dbutil import equal_to, paged
 from cp.errors import Conflict, Invalid, NotFound
 from cp.extensions import db
 from cp.models import Release
@@ -116,8 +118,6 @@ def sign_manifest(private_key: Ed25519PrivateKey, manifest: dict) -> str:
 
 
 def public_key_b64(private_key: Ed25519PrivateKey) -> str:
-    from cryptography.hazmat.primitives import serialization
-
     raw = private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(raw).decode("ascii")
 
@@ -208,14 +208,9 @@ def list_releases(*, limit: int = 50, offset: int = 0, plugin: str | None = None
         conds = [Release.plugin.is_not(None)]
     else:
         conds = [Release.plugin.is_(None)]
-    if channel:
-        conds.append(Release.channel == channel)
-    if version:
-        conds.append(Release.version == version)
-    total = db.session.execute(select(func.count(Release.id)).where(*conds)).scalar_one()
-    items = db.session.scalars(select(Release).where(*conds).order_by(Release.created_at.desc(), Release.id.desc())
-                               .limit(limit).offset(offset)).all()
-    return list(items), total
+    page = paged(Release, conds + equal_to(Release, channel=channel, version=version), newest=Release.created_at,
+                 limit=limit, offset=offset)
+    return page.items, page.total
 
 
 def newest_release(*, channel: str | None = None, plugin: str | None = None) -> Release | None:

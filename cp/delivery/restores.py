@@ -19,9 +19,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import joinedload
 
 from cp.fleet import alerts
+from cp.dbutil import Page, get_by_id, paged
 from cp.errors import Conflict, NotFound
 from cp.extensions import db
-from cp.fleet.queries import Page, _count
 from cp.models import Alert, Installation, RestoreVerification
 from cp.timeutil import utcnow
 
@@ -70,13 +70,8 @@ def schedule_for_installations(installation_ids: list[int], *, by: str | None = 
 
 
 def get(verification_id: int, *, lock: bool = False) -> RestoreVerification:
-    stmt = select(RestoreVerification).where(RestoreVerification.id == verification_id)
-    if lock:
-        stmt = stmt.with_for_update()
-    item = db.session.scalars(stmt).first()
-    if item is None:
-        raise NotFound(f"No restore verification with id {verification_id}.")
-    return item
+    return get_by_id(RestoreVerification, verification_id, lock=lock,
+                     missing=f"No restore verification with id {verification_id}.")
 
 
 def report(item: RestoreVerification, status: str, *, duration_s: float | None = None,
@@ -132,12 +127,8 @@ def filters(*, instance_id: str | None = None, status: str | None = None, backup
 def list_verifications(*, limit: int = 50, offset: int = 0, **kw: Any) -> Page:
     """Newest first (by creation, ties by id)."""
     conds = filters(**kw)
-    total = _count(select(RestoreVerification.id).where(*conds))
-    items = db.session.scalars(
-        select(RestoreVerification).options(joinedload(RestoreVerification.installation)).where(*conds)
-        .order_by(RestoreVerification.created_at.desc(), RestoreVerification.id.desc())
-        .limit(limit).offset(offset)).all()
-    return Page(list(items), total, limit, offset)
+    return paged(RestoreVerification, conds, newest=RestoreVerification.created_at, limit=limit, offset=offset,
+                 options=(joinedload(RestoreVerification.installation),))
 
 
 def installation_history(installation_id: int, limit: int = HISTORY_LIMIT) -> list[RestoreVerification]:

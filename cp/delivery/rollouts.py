@@ -45,11 +45,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
 from cp.fleet import alerts as alert_domain
-from cp.dbutil import is_postgres
+from cp.dbutil import equal_to, get_by_id, is_postgres, paged
 from cp.errors import Conflict, Forbidden, Invalid, NotFound
 from cp.extensions import db
 from cp.models import (
     JOB_FINISHED,
+    JOB_STATUSES,
     Alert,
     Installation,
     InstallationEvent,
@@ -143,37 +144,20 @@ register_job_kind("update", _core_success)
 
 # --- reading -------------------------------------------------------------------------------
 def get_rollout(rollout_id: int, *, lock: bool = False, skip_locked: bool = False) -> Rollout:
-    stmt = select(Rollout).where(Rollout.id == rollout_id)
-    if lock:
-        stmt = stmt.with_for_update(skip_locked=skip_locked).execution_options(populate_existing=True)
-    rollout = db.session.scalars(stmt).first()
-    if rollout is None:
-        raise NotFound(f"No rollout with id {rollout_id}.", code="unknown_rollout")
-    return rollout
+    return get_by_id(Rollout, rollout_id, lock=lock, skip_locked=skip_locked,
+                     missing=f"No rollout with id {rollout_id}.", code="unknown_rollout")
 
 
 def list_rollouts(*, limit: int = 50, offset: int = 0, kind: str | None = "core", status: str | None = None,
                   channel: str | None = None, plugin: str | None = None) -> tuple[list[Rollout], int]:
     """Newest first (ties by id)."""
-    conds = []
-    if kind:
-        conds.append(Rollout.kind == kind)
-    if status:
-        conds.append(Rollout.status == status)
-    if channel:
-        conds.append(Rollout.channel == channel)
-    if plugin:
-        conds.append(Rollout.plugin == plugin)
-    total = db.session.execute(select(func.count(Rollout.id)).where(*conds)).scalar_one()
-    items = db.session.scalars(select(Rollout).options(joinedload(Rollout.release)).where(*conds)
-                               .order_by(Rollout.created_at.desc(), Rollout.id.desc())
-                               .limit(limit).offset(offset)).all()
-    return list(items), total
+    conds = equal_to(Rollout, kind=kind, status=status, channel=channel, plugin=plugin)
+    page = paged(Rollout, conds, newest=Rollout.created_at, limit=limit, offset=offset,
+                 options=(joinedload(Rollout.release),))
+    return page.items, page.total
 
 
 def empty_counts() -> dict[str, int]:
-    from cp.models import JOB_STATUSES
-
     return {s: 0 for s in JOB_STATUSES}
 
 
@@ -658,14 +642,6 @@ def installation_history(installation_id: int, limit: int = 50) -> list[Job]:
 
 def list_jobs(*, limit: int = 50, offset: int = 0, rollout_id: int | None = None, status: str | None = None,
               kind: str | None = None) -> tuple[list[Job], int]:
-    conds = []
-    if rollout_id is not None:
-        conds.append(Job.rollout_id == rollout_id)
-    if status:
-        conds.append(Job.status == status)
-    if kind:
-        conds.append(Job.kind == kind)
-    total = db.session.execute(select(func.count(Job.id)).where(*conds)).scalar_one()
-    items = db.session.scalars(select(Job).where(*conds).order_by(Job.created_at.desc(), Job.id.desc())
-                               .limit(limit).offset(offset)).all()
-    return list(items), total
+    page = paged(Job, equal_to(Job, rollout_id=rollout_id, status=status, kind=kind), newest=Job.created_at,
+                 limit=limit, offset=offset)
+    return page.items, page.total

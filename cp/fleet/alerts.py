@@ -12,7 +12,7 @@ from typing import Iterable
 from flask import current_app
 from sqlalchemy import select, update
 
-from cp.dbutil import insert
+from cp.dbutil import get_by_id, insert
 from cp.errors import NotFound
 from cp.extensions import db
 from cp.models import Alert, Installation, JobFailure, OutboxEvent
@@ -102,13 +102,7 @@ def _resolve(alert: Alert, by: str, now: datetime) -> None:
 
 
 def get_alert(alert_id: int, *, lock: bool = False) -> Alert:
-    stmt = select(Alert).where(Alert.id == alert_id)
-    if lock:
-        stmt = stmt.with_for_update()
-    alert = db.session.scalars(stmt).first()
-    if alert is None:
-        raise NotFound(f"No alert with id {alert_id}.")
-    return alert
+    return get_by_id(Alert, alert_id, lock=lock, missing=f"No alert with id {alert_id}.")
 
 
 def acknowledge_alert(alert_id: int, *, by: str, now: datetime | None = None) -> Alert:

@@ -6,7 +6,6 @@ and paginated with ``limit``/``offset``; totals come from one ``COUNT`` with the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,7 +13,7 @@ from flask import current_app
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import joinedload
 
-from cp.dbutil import without_index_only_scans
+from cp.dbutil import Page, equal_to, paged, without_index_only_scans
 from cp.errors import NotFound
 from cp.extensions import db
 from cp.models import Alert, Installation, InstallationEvent, InstallationPlugin, InstallationSearch, JobFailure
@@ -58,15 +57,9 @@ def installation_ids_matching(q: str) -> Select:
 def installation_filters(*, q: str | None = None, health: str | None = None, release_channel: str | None = None,
                          version: str | None = None, stale: bool | None = None, plugin: str | None = None,
                          plugin_version: str | None = None, now: datetime | None = None) -> list:
-    conds: list = []
+    conds = equal_to(Installation, health=health, release_channel=release_channel, version=version)
     if q:
         conds.append(Installation.id.in_(installation_ids_matching(q)))
-    if health:
-        conds.append(Installation.health == health)
-    if release_channel:
-        conds.append(Installation.release_channel == release_channel)
-    if version:
-        conds.append(Installation.version == version)
     if stale is not None:
         cutoff = stale_cutoff(now)
         conds.append(Installation.last_seen_at < cutoff if stale else Installation.last_seen_at >= cutoff)
@@ -85,14 +78,6 @@ def open_alert_count_column():
     return (select(func.count(Alert.id))
             .where(Alert.installation_id == Installation.id, Alert.resolved_at.is_(None))
             .correlate(Installation).scalar_subquery().label("open_alerts"))
-
-
-@dataclass
-class Page:
-    items: list[Any]
-    total: int
-    limit: int
-    offset: int
 
 
 def _count(stmt: Select) -> int:
@@ -171,10 +156,8 @@ def alert_filters(*, instance_id: str | None = None, status: str | None = None, 
 
 def list_alerts(*, limit: int = 50, offset: int = 0, **filters: Any) -> Page:
     conds = alert_filters(**filters)
-    total = _count(select(Alert.id).where(*conds))
-    items = db.session.scalars(select(Alert).options(joinedload(Alert.installation)).where(*conds).order_by(Alert.opened_at.desc(), Alert.id.desc())
-                               .limit(limit).offset(offset)).all()
-    return Page(list(items), total, limit, offset)
+    return paged(Alert, conds, newest=Alert.opened_at, limit=limit, offset=offset,
+                 options=(joinedload(Alert.installation),))
 
 
 def list_job_failures(*, limit: int = 50, offset: int = 0, instance_id: str | None = None,
@@ -186,8 +169,5 @@ def list_job_failures(*, limit: int = 50, offset: int = 0, instance_id: str | No
         conds.append(JobFailure.resolved_at.is_not(None))
     if queue:
         conds.append(JobFailure.queue == queue)
-    total = _count(select(JobFailure.id).where(*conds))
-    items = db.session.scalars(select(JobFailure).options(joinedload(JobFailure.installation)).where(*conds)
-                               .order_by(JobFailure.last_seen_at.desc(), JobFailure.id.desc())
-                               .limit(limit).offset(offset)).all()
-    return Page(list(items), total, limit, offset)
+    return paged(JobFailure, conds, newest=JobFailure.last_seen_at, limit=limit, offset=offset,
+                 options=(joinedload(JobFailure.installation),))

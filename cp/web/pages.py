@@ -8,9 +8,11 @@ from cp.web import charts
 from cp.fleet import queries as fleet
 from cp.fleet import history
 from cp.delivery import plugins, restores, rollouts
+from cp.delivery.releases import releases_behind
 from cp.api.schemas import InstallationArgsSchema
 from cp.auth import login_required_html
 from cp.models import BACKUP_STATUS_VALUES, HEALTH_VALUES
+from cp.timeutil import isoformat
 
 bp = Blueprint("views", __name__)
 PAGE_SIZE = 50
@@ -29,8 +31,6 @@ def index():
         sort = "last_seen"
     args.setdefault("limit", PAGE_SIZE)
     page = fleet.list_installations(sort=sort, **args)
-    from cp.delivery.releases import releases_behind
-
     return render_template(
         "fleet.html", page=page, args=args, sort=sort, sorts=list(fleet.SORTS), error=error,
         health_values=HEALTH_VALUES, backup_values=BACKUP_STATUS_VALUES, is_stale=fleet.is_stale,
@@ -61,7 +61,5 @@ def init_app(app) -> None:
 
     @app.template_filter("ts")
     def _ts(value):
-        from cp.timeutil import isoformat
-
         text = isoformat(value)
         return text.replace("T", " ")[:19] + " UTC" if text else "—"

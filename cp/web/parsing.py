@@ -103,6 +103,16 @@ def load_json(schema: Schema, *, allow_empty: bool = False) -> dict:
     return load(schema, json_body(allow_empty=allow_empty))
 
 
+class NoBodySchema(Schema):
+    """No fields: any field sent is a 422 (``Unknown field.``)."""
+
+
+def require_no_body() -> dict:
+    """For actions that take no body: none at all, or an empty JSON object (returned). Another
+    content type is a 415, anything else in the body a 400 or 422, as for every other body."""
+    return load_json(NoBodySchema(), allow_empty=True)
+
+
 def load_args(schema: Schema) -> dict:
     """Validate query-string arguments with ``schema`` (unknown ones are ignored)."""
     return load(schema, request.args.to_dict())

@@ -27,6 +27,7 @@ from flask import current_app, g, request
 from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy import delete, select
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
 from cp.extensions import db
@@ -200,6 +201,4 @@ def init_wsgi(app) -> None:
     app.wsgi_app = ChunkedBodyLimit(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])
     proxies = app.config["CP_SETTINGS"].trusted_proxies
     if proxies:
-        from werkzeug.middleware.proxy_fix import ProxyFix
-
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)

@@ -1,0 +1,66 @@
+"""Routes registered from data, for the two shapes the API repeats most:
+
+- ``register_action``: an action on one thing by id (``POST /api/<things>/<id>/<action>``):
+  parse the body (or refuse one where the action takes none), run the domain call as the
+  caller, commit, answer with the thing; role-checked and audited like every mutating endpoint.
+- ``register_list``: a list (``GET``) with validated query arguments, ``{"items", "total"}``.
+
+Each route carries its OpenAPI operation as data (``cp_openapi``, read by ``cp.api.spec``)."""
+from __future__ import annotations
+
+from typing import Callable
+
+from flask import jsonify
+from marshmallow import Schema
+
+from cp.api import bp
+from cp.audit import audited
+from cp.auth import current_role, role_required
+from cp.extensions import db
+from cp.web.parsing import load_args, load_json, require_no_body
+
+
+def operation(*, summary: str, tag: str, answer: type[Schema], errors: dict[int, str],
+              body: type[Schema] | None) -> dict:
+    """The OpenAPI operation (``cp.api.spec`` adds the path parameter, auth and common errors)."""
+    responses: dict = {200: {"content": {"application/json": {"schema": answer}}}}
+    responses.update({status: {"description": text} for status, text in errors.items()})
+    op = {"tags": [tag], "summary": summary, "responses": responses}
+    if body is not None:
+        op["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
+    return {"post": op}
+
+
+def register_action(rule: str, *, endpoint: str, id_arg: str, role: str, audit: str, target_type: str,
+                    summary: str, tag: str, answer: type[Schema], errors: dict[int, str],
+                    run: Callable[[int, dict, str | None], dict], body: type[Schema] | None = None) -> None:
+    """``run(id, body, actor)`` returns the answer's data; ``body=None``: the action takes none."""
+
+    def view(**kwargs):
+        data = require_no_body() if body is None else load_json(body(), allow_empty=True)
+        answer_data = run(kwargs[id_arg], data or {}, current_role())
+        db.session.commit()
+        return jsonify(answer_data)
+
+    view.__name__ = endpoint
+    view.__doc__ = summary
+    view.cp_openapi = operation(summary=summary, tag=tag, answer=answer, errors=errors, body=body)
+    bp.add_url_rule(rule, view_func=role_required(role)(audited(audit, target_type, id_arg)(view)),
+                    methods=["POST"])
+
+
+def register_list(rule: str, *, endpoint: str, role: str, tag: str, summary: str, args: type[Schema],
+                  answer: type[Schema], fetch: Callable, dump: Callable[[list], list]) -> None:
+    """``fetch(**query arguments)`` returns (items, total) or a page (``.items``, ``.total``);
+    ``dump(items)`` is their JSON form."""
+
+    def view():
+        found = fetch(**load_args(args()))
+        items, total = found if isinstance(found, tuple) else (found.items, found.total)
+        return jsonify({"items": dump(items), "total": total})
+
+    view.__name__ = endpoint
+    view.__doc__ = summary
+    view.cp_openapi = {"get": {"tags": [tag], "summary": summary, "parameters": [{"in": "query", "schema": args}],
+                               "responses": {200: {"content": {"application/json": {"schema": answer}}}}}}
+    bp.add_url_rule(rule, view_func=role_required(role)(view), methods=["GET"])
