@@ -123,7 +123,9 @@ class PgBouncer:
         info = psycopg.conninfo.conninfo_to_dict(server_dsn)
         self.server_host, self.server_port = info.get("host", "127.0.0.1"), int(info.get("port", 5432))
         self.user = info.get("user", "postgres")
-        self.dir = workdir / "pgbouncer"
+        self.log_path = workdir / "pgbouncer.log"
+        # its own folder under the temp dir (which the unprivileged user it may run as can reach)
+        self.dir = Path(tempfile.mkdtemp(prefix="cp-pgbouncer-"))
         self.port = free_port()
         self.pool_size, self.max_client_conn = pool_size, max_client_conn
         self.process: Process | None = None
@@ -136,7 +138,6 @@ class PgBouncer:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
 
     def _write_config(self) -> Path:
-        self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "userlist.txt").write_text(f'"{self.user}" ""\n')
         ini = self.dir / "pgbouncer.ini"
         ini.write_text("\n".join([
@@ -171,12 +172,11 @@ class PgBouncer:
         entry = pwd.getpwnam(user)
         for path in [self.dir, *self.dir.iterdir()]:
             os.chown(path, entry.pw_uid, entry.pw_gid)
-        self.dir.parent.chmod(0o755)  # let that user reach its folder
         return [binary, "-u", user, str(ini)]
 
     def start(self) -> "PgBouncer":
         ini = self._write_config()
-        self.process = Process("pgbouncer", self._command(ini), dict(os.environ), self.dir.parent / "pgbouncer.log")
+        self.process = Process("pgbouncer", self._command(ini), dict(os.environ), self.log_path)
         self.process.start()
         wait_until(lambda: self.process.check_alive() and self._accepts(), 20, "pgbouncer")
         return self
@@ -199,6 +199,11 @@ class PgBouncer:
         """Stop and start again on the same port (clients see their connections cut once)."""
         self.stop()
         self.start()
+
+    def close(self) -> None:
+        """Stop, and remove its folder."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _user_exists(name: str) -> bool:
@@ -342,7 +347,7 @@ class Cluster:
             t.start()
         for t in stoppers:
             t.join()
-        self.pgbouncer.stop()
+        self.pgbouncer.close()
         if self._created:
             with psycopg.connect(self.server_dsn, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
