@@ -31,5 +31,9 @@ bench: install
 cluster: install
 	$(BIN)/python -m bench.cluster $(CLUSTER_ARGS)
 
+# Heartbeats/s of one host direct, one host through PgBouncer, two hosts through PgBouncer, with CPU shares.
+cluster-bench: install
+	$(BIN)/python -m bench.cluster_bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) instance *.egg-info .pytest_cache
