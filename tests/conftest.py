@@ -62,10 +62,14 @@ def base_env(db_url: str, instance_path: str) -> dict[str, str]:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests that start a real gunicorn are ``live`` (CI's SQLite pass leaves them out)."""
+    """Tests that start a real gunicorn are ``live`` (CI's SQLite pass leaves them out); tests that
+    ask for the ``postgres_only`` fixture carry its marker too (CI's PgBouncer pass selects them)."""
     for item in items:
-        if "live_server" in getattr(item, "fixturenames", ()):
+        names = getattr(item, "fixturenames", ())
+        if "live_server" in names:
             item.add_marker(pytest.mark.live)
+        if "postgres_only" in names:
+            item.add_marker(pytest.mark.postgres_only)
 
 
 # --- the database ---------------------------------------------------------------------------
