@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: install run test test-sqlite bench clean
+.PHONY: install run test test-sqlite bench cluster cluster-bench clean
 
 $(BIN)/flask: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,15 @@ test: install
 
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The scale-out topology on this machine: PgBouncer (transaction pooling) in front of the local
+# PostgreSQL, two gunicorn hosts, two workers, its own database; Ctrl-C stops it all (docs/scale-out.md).
+cluster: install
+	$(BIN)/python -m bench.cluster $(CLUSTER_ARGS)
+
+# Heartbeats/s of one host direct, one host through PgBouncer, two hosts through PgBouncer, with CPU shares.
+cluster-bench: install
+	$(BIN)/python -m bench.cluster_bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) instance *.egg-info .pytest_cache

@@ -117,6 +117,13 @@ def _release_keys(value: str) -> dict[str, bytes]:
     return keys
 
 
+def _db_pooler(value: str) -> str:
+    v = value.strip().lower()
+    if v not in ("none", "transaction"):
+        raise ValueError("must be 'none' or 'transaction'")
+    return v
+
+
 def _log_format(value: str) -> str:
     v = value.strip().lower()
     if v not in ("json", "text"):
@@ -158,6 +165,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Production: `postgresql+psycopg://user:pass@host/db`."),
     Setting("CONTROL_PLANE_DB_POOL_SIZE", "db_pool_size", "5", _int_min(1),
             "Connections kept per process (PostgreSQL)."),
+    Setting("CONTROL_PLANE_DB_POOLER", "db_pooler", "none", _db_pooler,
+            "What sits between the processes and PostgreSQL. `none`: a direct connection. `transaction`: "
+            "a pooler in transaction mode (PgBouncer `pool_mode = transaction`), where consecutive "
+            "transactions of one connection may run on different server sessions: psycopg's automatic "
+            "server-side prepared statements are turned off (PgBouncer before 1.21 cannot carry them). "
+            "Nothing else in the service depends on the session: settings are `SET LOCAL`, advisory locks "
+            "are transaction-level, no `LISTEN` or temporary tables (docs/scale-out.md)."),
     Setting("CONTROL_PLANE_DB_PING_IDLE_SECONDS", "db_ping_idle_seconds", "1", _float_min(0),
             "A pooled connection that has sat idle longer than this is tested with a round trip "
             "before a request uses it, so a database restart or an idle timeout in between costs no "

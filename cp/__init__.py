@@ -55,7 +55,7 @@ def _configure(app: Flask, settings: Settings) -> None:
         engine_options: dict = {"connect_args": {"timeout": 30}}
     else:  # liveness: ``cp.dbutil.ping_idle_connections`` (not ``pool_pre_ping``)
         engine_options = dict(pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size * 2,
-                              pool_recycle=1800)
+                              pool_recycle=1800, connect_args=connect_args(settings))
     app.config.update(
         CP_SETTINGS=settings,
         SECRET_KEY=settings.secret_key or _instance_secret_key(app),
@@ -71,6 +71,13 @@ def _configure(app: Flask, settings: Settings) -> None:
         JSON_SORT_KEYS=False,
         FLASK_ADMIN_SWATCH="cerulean",
     )
+
+
+def connect_args(settings: Settings) -> dict:
+    """psycopg's arguments for every PostgreSQL connection. Behind a transaction pooler
+    (``CONTROL_PLANE_DB_POOLER=transaction``) no statement is prepared server-side: the next
+    transaction may run on a server session that never saw the ``PREPARE``."""
+    return {"prepare_threshold": None} if settings.db_pooler == "transaction" else {}
 
 
 def _instance_secret_key(app: Flask) -> str:

@@ -1,7 +1,12 @@
 """Shared fixtures: a fresh database per test session (PostgreSQL when
 ``CONTROL_PLANE_TEST_DATABASE_URL`` is set, else SQLite), migrated with Alembic once; every
 test starts from empty tables; ``app``, ``client``, ``runner`` as in the Flask tutorial, plus
-signed agent requests, role logins and a live gunicorn server."""
+signed agent requests, role logins and a live gunicorn server.
+
+``CONTROL_PLANE_TEST_PGBOUNCER=1`` (with a PostgreSQL URL) runs the suite through a PgBouncer in
+transaction pooling mode started for the session (``bench.cluster.PgBouncer``), with
+``CONTROL_PLANE_DB_POOLER=transaction``: the database is created and dropped directly, everything
+else (migrations, the app, the test's own engine, live servers) goes through the pooler."""
 from __future__ import annotations
 
 import json
@@ -18,6 +23,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from bench.cluster import PgBouncer
 from cp import create_app
 from cp.agent_client import build_request
 from cp.extensions import db
@@ -33,9 +39,15 @@ AGENT_TOKEN = "shared-agent-token-abcdef"
 AGENT_SECRETS = {"mapped-001": "mapped-secret-001", "mapped-002": "mapped-secret-002"}
 
 
+def behind_pgbouncer() -> bool:
+    """The suite runs through a PgBouncer in transaction pooling mode (CONTROL_PLANE_TEST_PGBOUNCER=1)."""
+    return os.environ.get("CONTROL_PLANE_TEST_PGBOUNCER") == "1"
+
+
 def base_env(db_url: str, instance_path: str) -> dict[str, str]:
     return {
         "CONTROL_PLANE_DATABASE_URL": db_url,
+        "CONTROL_PLANE_DB_POOLER": "transaction" if behind_pgbouncer() else "none",
         "CONTROL_PLANE_INSTANCE_PATH": instance_path,
         "CONTROL_PLANE_SECRET_KEY": "test-secret-key-" + "x" * 32,
         "CONTROL_PLANE_SUPPORT_TOKEN": TOKENS["support"],
@@ -50,10 +62,14 @@ def base_env(db_url: str, instance_path: str) -> dict[str, str]:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests that start a real gunicorn are ``live`` (CI's SQLite pass leaves them out)."""
+    """Tests that start a real gunicorn are ``live`` (CI's SQLite pass leaves them out); tests that
+    ask for the ``postgres_only`` fixture carry its marker too (CI's PgBouncer pass selects them)."""
     for item in items:
-        if "live_server" in getattr(item, "fixturenames", ()):
+        names = getattr(item, "fixturenames", ())
+        if "live_server" in names:
             item.add_marker(pytest.mark.live)
+        if "postgres_only" in names:
+            item.add_marker(pytest.mark.postgres_only)
 
 
 # --- the database ---------------------------------------------------------------------------
@@ -71,7 +87,15 @@ def database_url(tmp_path_factory):
     admin_engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
     with admin_engine.connect() as conn:  # fails loudly when PostgreSQL is not there
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield url.set(database=name).render_as_string(hide_password=False)
+    pooler = None
+    if behind_pgbouncer():
+        pooler = PgBouncer(tmp_path_factory.mktemp("pgbouncer"),
+                           url.set(drivername="postgresql").render_as_string(hide_password=False)).start()
+        yield pooler.url(name)
+    else:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    if pooler:
+        pooler.close()
     with admin_engine.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin_engine.dispose()
@@ -96,7 +120,7 @@ def migrated(database_url, instance_path):
 
 @pytest.fixture(scope="session")
 def db_engine(migrated):
-    engine = sa.create_engine(migrated)
+    engine = sa.create_engine(migrated, connect_args={"prepare_threshold": None} if behind_pgbouncer() else {})
     yield engine
     engine.dispose()
 

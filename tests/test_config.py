@@ -40,6 +40,7 @@ def test_malformed_agent_secrets_fail_start_up(value, fragment):
     ({"CONTROL_PLANE_DATABASE_URL": "not-a-url"}, "CONTROL_PLANE_DATABASE_URL"),
     ({"CONTROL_PLANE_HEARTBEAT_BATCH_MAX": "0"}, "CONTROL_PLANE_HEARTBEAT_BATCH_MAX"),
     ({"CONTROL_PLANE_HEARTBEAT_BATCH_MAX": "many"}, "CONTROL_PLANE_HEARTBEAT_BATCH_MAX"),
+    ({"CONTROL_PLANE_DB_POOLER": "session"}, "CONTROL_PLANE_DB_POOLER"),
 ])
 def test_malformed_values_name_the_variable(env, var):
     with pytest.raises(ConfigError) as exc:

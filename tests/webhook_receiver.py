@@ -19,6 +19,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    peer_port: int = 0
     status: int | None = None
     at: float = field(default_factory=time.monotonic)
 
@@ -94,7 +95,8 @@ class Receiver:
             def do_POST(self):  # noqa: N802
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
-                rec = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                rec = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body,
+                               self.client_address[1])
                 with receiver.lock:
                     receiver.requests.append(rec)
                     mode, status = receiver.mode, receiver.fail_status
