@@ -37,6 +37,9 @@ ALERT_LEVELS = ("info", "warning", "critical")
 ALERT_SOURCES = ("agent", "slo", "backup", "heartbeat", "restore", "rollout")
 # Sources whose alerts a heartbeat re-evaluates (opened/kept/resolved from what it reports).
 HEARTBEAT_MANAGED_SOURCES = ("agent", "slo", "backup", "heartbeat")
+ROLES = ("support", "ops", "admin")  # each includes the ones before it (``cp.auth.role_allows``)
+ACTOR_LENGTH = 255  # a field naming who did something holds an email or a role name
+
 ROLLOUT_STATUSES = ("active", "paused", "completed", "cancelled")
 JOB_STATUSES = ("pending", "in_progress", "succeeded", "failed", "cancelled")
 JOB_UNFINISHED = ("pending", "in_progress")
@@ -149,9 +152,9 @@ class Alert(db.Model):
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
     occurrences: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     acknowledged_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
-    acknowledged_by: Mapped[Optional[str]] = mapped_column(String(32))
+    acknowledged_by: Mapped[Optional[str]] = mapped_column(String(ACTOR_LENGTH))
     resolved_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
-    resolved_by: Mapped[Optional[str]] = mapped_column(String(32))
+    resolved_by: Mapped[Optional[str]] = mapped_column(String(ACTOR_LENGTH))
 
     installation: Mapped[Installation] = relationship(back_populates="alerts")
 
@@ -193,7 +196,7 @@ class JobFailure(db.Model):
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
     occurrences: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     resolved_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
-    resolved_by: Mapped[Optional[str]] = mapped_column(String(32))
+    resolved_by: Mapped[Optional[str]] = mapped_column(String(ACTOR_LENGTH))
 
     installation: Mapped[Installation] = relationship(back_populates="job_failures")
 
@@ -259,7 +262,7 @@ class Release(db.Model):
     signature: Mapped[str] = mapped_column(Text)
     key_id: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
-    created_by: Mapped[Optional[str]] = mapped_column(String(32))
+    created_by: Mapped[Optional[str]] = mapped_column(String(ACTOR_LENGTH))
 
     __table_args__ = (
         Index("uq_releases_core_version", "version", unique=True,
@@ -302,7 +305,7 @@ class Rollout(db.Model):
     paused_reason: Mapped[Optional[str]] = mapped_column(Text)
     batch_opened_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
-    created_by: Mapped[Optional[str]] = mapped_column(String(32))
+    created_by: Mapped[Optional[str]] = mapped_column(String(ACTOR_LENGTH))
     completed_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
 
     release: Mapped[Release] = relationship()
@@ -363,7 +366,7 @@ class RestoreVerification(db.Model):
     duration_s: Mapped[Optional[float]] = mapped_column(Float)
     message: Mapped[Optional[str]] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
-    created_by: Mapped[Optional[str]] = mapped_column(String(32))
+    created_by: Mapped[Optional[str]] = mapped_column(String(ACTOR_LENGTH))
     reported_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
 
     installation: Mapped[Installation] = relationship()
@@ -385,7 +388,7 @@ class PluginRequest(db.Model):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     decision_reason: Mapped[Optional[str]] = mapped_column(Text)
     decided_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
-    decided_by: Mapped[Optional[str]] = mapped_column(String(32))
+    decided_by: Mapped[Optional[str]] = mapped_column(String(ACTOR_LENGTH))
     job_id: Mapped[Optional[int]] = mapped_column(ForeignKey("jobs.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
 
@@ -453,6 +456,7 @@ class AuditLog(db.Model):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
     role: Mapped[Optional[str]] = mapped_column(String(32))
+    actor: Mapped[Optional[str]] = mapped_column(String(ACTOR_LENGTH))  # an email, or a role name
     action: Mapped[str] = mapped_column(String(64))
     target_type: Mapped[Optional[str]] = mapped_column(String(64))
     target_id: Mapped[Optional[str]] = mapped_column(String(255))
@@ -465,6 +469,7 @@ class AuditLog(db.Model):
         # the audit screen's and /api/audit's filters, newest first
         Index("ix_audit_log_action_at", "action", "at"),
         Index("ix_audit_log_target", "target_type", "target_id"),
+        Index("ix_audit_log_actor_at", "actor", "at"),
     )
 
 
@@ -500,8 +505,53 @@ class LoginSession(db.Model):
     __tablename__ = "login_sessions"
 
     id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    role: Mapped[str] = mapped_column(String(16))
+    role: Mapped[str] = mapped_column(String(64))  # a role name, or ``user:<id>`` for a person
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = (Index("ix_login_sessions_expires", "expires_at"),)
+
+
+class User(db.Model):
+    """A named person with a role. ``email`` is stored lower-cased (``cp.people``), so it is
+    unique case-insensitively. Never deleted: ``active = False`` ends their sessions (the
+    ``session_epoch`` every session carries is bumped) and stops their tokens."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    created_by: Mapped[Optional[str]] = mapped_column(String(ACTOR_LENGTH))
+    last_seen_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+
+    tokens: Mapped[list["ApiToken"]] = relationship(back_populates="user", order_by="ApiToken.id")
+
+    def __str__(self) -> str:
+        return self.email
+
+
+class ApiToken(db.Model):
+    """A person's personal API token: only the SHA-256 of the secret is kept."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    expires_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+
+    user: Mapped[User] = relationship(back_populates="tokens")
+
+    __table_args__ = (Index("ix_api_tokens_user", "user_id", "created_at"),)
+
+    def __str__(self) -> str:
+        return self.name

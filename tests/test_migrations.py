@@ -127,3 +127,37 @@ def test_0008_backfills_keeps_in_step_and_downgrades(make_app, fresh_database_ur
         with db.engine.begin() as conn:
             assert [r[0] for r in _search_rows(conn)] == [1, 3, 4]
         db.engine.dispose()
+
+
+# --- 0009: people and their tokens, added beside the existing rows ---------------------------
+def test_0009_adds_people_without_touching_existing_rows(make_app, fresh_database_url):
+    from flask_migrate import downgrade, upgrade
+
+    at = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    app = make_app(CONTROL_PLANE_DATABASE_URL=fresh_database_url)
+    with app.app_context():
+        upgrade(revision="0008")
+        with db.engine.begin() as conn:
+            _installation_row(conn, 1, "Acme SA", "acme.com")
+            conn.execute(sa.text(
+                "INSERT INTO alerts (id, installation_id, level, source, fingerprint, message, opened_at, last_seen_at,"
+                " occurrences, acknowledged_at, acknowledged_by) VALUES (7, 1, 'warning', 'agent', 'fp', 'disk',"
+                " :at, :at, 3, :at, 'ops')"), {"at": at})
+            conn.execute(sa.text("INSERT INTO audit_log (id, at, role, action, outcome) VALUES (5, :at, 'ops',"
+                                 " 'alert.acknowledge', 'ok')"), {"at": at})
+            before = [tuple(r) for r in conn.execute(sa.text("SELECT * FROM alerts"))]
+
+        upgrade()
+        inspector = sa.inspect(db.engine)
+        assert {"users", "api_tokens"} <= set(inspector.get_table_names())
+        with db.engine.begin() as conn:
+            assert [tuple(r) for r in conn.execute(sa.text("SELECT * FROM alerts"))] == before
+            assert conn.execute(sa.text("SELECT role, actor, action FROM audit_log")).one() == \
+                ("ops", None, "alert.acknowledge")
+            # an email fits where a role name did
+            conn.execute(sa.text("UPDATE alerts SET acknowledged_by = :by"), {"by": "a" * 60 + "@example.com"})
+            assert conn.execute(sa.text("SELECT count(*) FROM users")).scalar() == 0
+
+        downgrade(revision="0008")
+        assert "users" not in sa.inspect(db.engine).get_table_names()
+        db.engine.dispose()
