@@ -205,11 +205,13 @@ def issue_token(person: User, name: str, expires_in_days: int | None = None) -> 
     return token, secret
 
 
-def list_tokens(person_id: int) -> list[ApiToken]:
-    """A person's tokens that are not revoked, newest first."""
-    return list(db.session.scalars(
-        select(ApiToken).where(ApiToken.user_id == person_id, ApiToken.revoked_at.is_(None))
-        .order_by(ApiToken.created_at.desc(), ApiToken.id.desc())).all())
+def list_tokens(person_id: int | None, *, limit: int = 50, offset: int = 0) -> tuple[list[ApiToken], int]:
+    """A person's tokens that are not revoked, newest first (none for ``None``), and their total."""
+    conds = (ApiToken.user_id == person_id, ApiToken.revoked_at.is_(None))
+    total = db.session.scalar(select(func.count()).select_from(ApiToken).where(*conds)) if person_id else 0
+    items = db.session.scalars(select(ApiToken).where(*conds).order_by(ApiToken.created_at.desc(), ApiToken.id.desc())
+                               .limit(limit).offset(offset)).all() if person_id else []
+    return list(items), total
 
 
 def revoke_token(person_id: int, token_id: int) -> ApiToken:
