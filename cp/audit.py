@@ -73,7 +73,7 @@ def commit_with(action: str, **entry) -> AuditLog:
 
 
 def guard_commit(session: Session) -> None:
-    if session.info.get(GUARD_KEY):
+    if session.info.get(GUARD_KEY) and not session.in_nested_transaction():  # a savepoint's release is fine
         raise RuntimeError("an audited action tried to commit before its audit entry was added; "
                            "its entry and the action commit together (cp.audit.commit_with)")
 

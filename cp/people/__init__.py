@@ -94,7 +94,8 @@ def _check_name(name: str) -> str:
 
 
 def create_person(email: str, name: str | None, role: str, *, by: str) -> User:
-    """A new active person (flushed, not committed). Same email (any case): 409."""
+    """A new active person (flushed, not committed). Same email (any case): 409, after which
+    the caller's transaction must be rolled back."""
     address = normalize_email(email)
     _check_role(role)
     display = _check_name(name if name else address.split("@", 1)[0])
@@ -103,9 +104,9 @@ def create_person(email: str, name: str | None, role: str, *, by: str) -> User:
                        details={"email": address})
     person = User(email=address, name=display, role=role, active=True, session_epoch=0, created_at=utcnow(),
                   created_by=by)
+    db.session.add(person)
     try:
-        with db.session.begin_nested():  # a concurrent create of the same email loses here
-            db.session.add(person)
+        db.session.flush()  # a concurrent create of the same email loses here (the caller rolls back)
     except IntegrityError:
         raise Conflict(f"A person with the email {address} exists.", code="duplicate_email",
                        details={"email": address}) from None
