@@ -81,7 +81,7 @@ def test_changing_a_token_ends_its_sessions(make_app, env):
     client = app.test_client()
     login(client, "admin")
     assert client.get("/api/installations").status_code == 200
-    rotated = make_app(CONTROL_PLANE_ADMIN_TOKEN="a-new-admin-token-0123456789")
+    rotated = make_app(CONTROL_PLANE_ADMIN_TOKEN="a-new-admin-token-0123456789abcdefghij")
     other = rotated.test_client()
     other.set_cookie("cp_session", client.get_cookie("cp_session").value)
     assert other.get("/api/installations").status_code == 401
