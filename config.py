@@ -124,6 +124,20 @@ def _db_pooler(value: str) -> str:
     return v
 
 
+MIN_ROLE_TOKEN_LENGTH = 32
+
+
+def _role_token(value: str) -> str | None:
+    """Unset or empty: the role has no token. Set: at least 32 characters (a guessable token
+    would be found by anyone allowed a few wrong attempts a minute)."""
+    if value == "":
+        return None
+    if len(value) < MIN_ROLE_TOKEN_LENGTH:
+        raise ValueError(f"is {len(value)} characters; a role token needs at least {MIN_ROLE_TOKEN_LENGTH} "
+                         "(generate one with `flask --app cp gen-token`)")
+    return value
+
+
 def _log_format(value: str) -> str:
     v = value.strip().lower()
     if v not in ("json", "text"):
@@ -182,12 +196,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Signs session cookies and CSRF tokens. Unset: a random key is generated once and "
             "kept in `instance/secret_key` (mode 0600), shared by the processes of one host; "
             "set it explicitly when several hosts serve the web side.", secret=True),
-    Setting("CONTROL_PLANE_SUPPORT_TOKEN", "support_token", "", _opt_str,
-            "Login / bearer token of the `support` role (read). Unset or empty grants nothing.", secret=True),
-    Setting("CONTROL_PLANE_OPS_TOKEN", "ops_token", "", _opt_str,
-            "Token of the `ops` role (triage alerts and job failures, pause/resume rollouts).", secret=True),
-    Setting("CONTROL_PLANE_ADMIN_TOKEN", "admin_token", "", _opt_str,
-            "Token of the `admin` role (everything).", secret=True),
+    Setting("CONTROL_PLANE_SUPPORT_TOKEN", "support_token", "", _role_token,
+            "Login / bearer token of the `support` role (read). Unset or empty grants nothing; set, it "
+            "must be at least 32 characters (start-up fails otherwise).", secret=True),
+    Setting("CONTROL_PLANE_OPS_TOKEN", "ops_token", "", _role_token,
+            "Token of the `ops` role (triage alerts and job failures, pause/resume rollouts); at least "
+            "32 characters.", secret=True),
+    Setting("CONTROL_PLANE_ADMIN_TOKEN", "admin_token", "", _role_token,
+            "Token of the `admin` role (everything); at least 32 characters.", secret=True),
     Setting("CONTROL_PLANE_COOKIE_SECURE", "cookie_secure", "0", _bool,
             "`1`: the session cookie carries the Secure flag (serve over HTTPS)."),
     Setting("CONTROL_PLANE_SESSION_HOURS", "session_hours", "12", _int_min(1),
@@ -238,7 +254,8 @@ SETTINGS: tuple[Setting, ...] = (
             'JSON object `{"key_id": "<base64 raw 32-byte Ed25519 public key>"}` of trusted '
             "release signing keys. Malformed: start-up fails."),
     Setting("CONTROL_PLANE_LOGIN_RATE_LIMIT", "login_rate_limit", "10", _int_min(1),
-            "Login attempts per client address per minute."),
+            "Failed login attempts (the login form, bearer tokens) per client address per minute; past "
+            "it, wrong attempts get 429. Right credentials are never refused or counted."),
     Setting("CONTROL_PLANE_HEARTBEAT_BATCH_MAX", "heartbeat_batch_max", "16", _int_min(1),
             "Group commit: at most this many heartbeats, of distinct installations, that one process has "
             "in flight share a transaction and its statements (`1`: every heartbeat alone). Those that come "
@@ -261,8 +278,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Agent requests per installation per minute."),
     Setting("CONTROL_PLANE_TRUSTED_PROXIES", "trusted_proxies", "0", _int_min(0),
             "How many reverse proxies sit in front of the web side: their `X-Forwarded-For/-Proto/-Host` "
-            "are trusted for that many hops (client address of the rate limits and audit log, HTTPS). "
-            "`0`: the peer address is the client."),
+            "are trusted for that many hops (client address of the rate limits and audit log, HTTPS): "
+            "the client is the address that many hops from the right of `X-Forwarded-For`. "
+            "`0`: the peer address is the client (docs/security.md)."),
     Setting("CONTROL_PLANE_LOG_LEVEL", "log_level", "INFO", _log_level, "Log level."),
     Setting("CONTROL_PLANE_LOG_FORMAT", "log_format", "json", _log_format,
             "`json` (one object per line) or `text`."),

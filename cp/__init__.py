@@ -13,7 +13,7 @@ from typing import Mapping
 from flask import Flask
 
 from config import ConfigError, Settings, load_settings
-from cp import admin, agent_api, api, auth, cli, dbutil
+from cp import admin, agent_api, api, audit, auth, cli, dbutil, sso
 from cp.extensions import csrf, db, migrate
 from cp.web import errors, health, logs, metrics, pages, security
 
@@ -31,12 +31,14 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
 
     logs.init_app(app)
     db.init_app(app)
+    audit.init_app(app)
     dbutil.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
     csrf.init_app(app)
     errors.init_app(app)
     security.init_app(app)
     auth.init_app(app)
+    sso.init_app(app)
     health.init_app(app)
     metrics.init_app(app)
     agent_api.init_app(app)

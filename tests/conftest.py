@@ -30,10 +30,10 @@ from cp.extensions import db
 from cp.timeutil import set_clock
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKENS = {
-    "support": "support-token-0123456789",
-    "ops": "ops-token-0123456789abc",
-    "admin": "admin-token-0123456789ab",
+TOKENS = {  # role tokens need at least 32 characters
+    "support": "support-token-0123456789abcdefghijkl",
+    "ops": "ops-token-0123456789abcdefghijklmnop",
+    "admin": "admin-token-0123456789abcdefghijklmn",
 }
 AGENT_TOKEN = "shared-agent-token-abcdef"
 AGENT_SECRETS = {"mapped-001": "mapped-secret-001", "mapped-002": "mapped-secret-002"}

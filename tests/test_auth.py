@@ -81,7 +81,7 @@ def test_changing_a_token_ends_its_sessions(make_app, env):
     client = app.test_client()
     login(client, "admin")
     assert client.get("/api/installations").status_code == 200
-    rotated = make_app(CONTROL_PLANE_ADMIN_TOKEN="a-new-admin-token-0123456789")
+    rotated = make_app(CONTROL_PLANE_ADMIN_TOKEN="a-new-admin-token-0123456789abcdefghij")
     other = rotated.test_client()
     other.set_cookie("cp_session", client.get_cookie("cp_session").value)
     assert other.get("/api/installations").status_code == 401
@@ -127,6 +127,9 @@ def test_every_human_api_route_declares_its_role(app):
                 "/api/openapi.json", "/api/docs"), f"{rule.rule} has no role check"
 
 
+PERSON_ONLY = {("POST", "/api/tokens")}
+
+
 def test_role_matrix(app):
     client = app.test_client()
     checked = 0
@@ -141,7 +144,9 @@ def test_role_matrix(app):
             resp = client.open(path, method=method, headers={**bearer(role), "Content-Type": "application/json"},
                                data=b"{}" if method != "GET" else None)
             allowed = ROLE_ORDER.index(role) >= ROLE_ORDER.index(needed)
-            if allowed:
+            if (method, rule) in PERSON_ONLY:  # a person's own tokens: a role token has none
+                assert resp.status_code == 403 and resp.get_json()["error"] == "not_a_person", (method, path, role)
+            elif allowed:
                 assert resp.status_code not in (401, 403), (method, path, role, resp.status_code)
             else:
                 assert resp.status_code == 403, (method, path, role, resp.status_code)

@@ -81,3 +81,27 @@ def test_secret_key_is_generated_once_per_instance_folder(tmp_path):
     b = create_app({"CONTROL_PLANE_INSTANCE_PATH": str(tmp_path)})
     assert a.secret_key == b.secret_key and len(a.secret_key) >= 32
     assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("var", ["CONTROL_PLANE_SUPPORT_TOKEN", "CONTROL_PLANE_OPS_TOKEN", "CONTROL_PLANE_ADMIN_TOKEN"])
+def test_short_role_tokens_fail_start_up_naming_the_variable(var):
+    with pytest.raises(ConfigError) as exc:
+        load_settings({var: "x" * 31})
+    assert var in str(exc.value) and "32" in str(exc.value) and "x" * 31 not in str(exc.value)
+    assert load_settings({var: "x" * 32}).role_tokens() != {}
+    assert load_settings({var: ""}).role_tokens() == {}  # unset or empty: no token, no error
+
+
+def test_the_demo_and_gen_token_make_strong_role_tokens(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    script = (root / "scripts" / "run-demo.sh").read_text()
+    for role in ("SUPPORT", "OPS", "ADMIN"):
+        assert f"CONTROL_PLANE_{role}_TOKEN:-$(flask --app cp gen-token)" in script
+    out = subprocess.run([sys.executable, "-m", "flask", "--app", "cp", "gen-token"], cwd=root, capture_output=True,
+                         text=True, env={"PATH": "/usr/bin:/bin", "CONTROL_PLANE_INSTANCE_PATH": str(tmp_path)},
+                         check=True).stdout.strip()
+    assert len(out) >= 32

@@ -11,7 +11,7 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 
 def init_app(app) -> None:
     # the route modules import ``bp`` from here: imported once it exists (a cycle otherwise)
-    from cp.api import audit, fleet, plugins, releases, restores, rollout_transitions, rollouts, spec  # noqa: F401
+    from cp.api import audit, fleet, people, plugins, releases, restores, rollout_transitions, rollouts, spec  # noqa: F401
 
     # JSON endpoints: bearer requests carry no ambient credential, and cookie requests are
     # checked for a same-site Origin in ``auth.require_role`` (with SameSite=Lax cookies).

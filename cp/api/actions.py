@@ -2,7 +2,7 @@
 
 - ``register_action``: an action on one thing by id (``POST /api/<things>/<id>/<action>``):
   parse the body (or refuse one where the action takes none), run the domain call as the
-  caller, commit, answer with the thing; role-checked and audited like every mutating endpoint.
+  caller, commit with its audit entry, answer with the thing; role-checked and audited like every mutating endpoint.
 - ``register_list``: a list (``GET``) with validated query arguments, ``{"items", "total"}``.
 
 Each route carries its OpenAPI operation as data (``cp_openapi``, read by ``cp.api.spec``)."""
@@ -14,9 +14,8 @@ from flask import jsonify
 from marshmallow import Schema
 
 from cp.api import bp
-from cp.audit import audited
-from cp.auth import current_role, role_required
-from cp.extensions import db
+from cp.api.audited import audited
+from cp.auth import current_actor, role_required
 from cp.web.parsing import load_args, load_json, require_no_body
 
 
@@ -34,13 +33,13 @@ def operation(*, summary: str, tag: str, answer: type[Schema], errors: dict[int,
 def register_action(rule: str, *, endpoint: str, id_arg: str, role: str, audit: str, target_type: str,
                     summary: str, tag: str, answer: type[Schema], errors: dict[int, str],
                     run: Callable[[int, dict, str | None], dict], body: type[Schema] | None = None) -> None:
-    """``run(id, body, actor)`` returns the answer's data; ``body=None``: the action takes none."""
+    """``run(id, body, actor)`` returns the answer's data (``actor``: who, as every "by" field
+    records it); ``body=None``: the action takes none. ``audited`` commits the change with its
+    audit entry."""
 
     def view(**kwargs):
         data = require_no_body() if body is None else load_json(body(), allow_empty=True)
-        answer_data = run(kwargs[id_arg], data or {}, current_role())
-        db.session.commit()
-        return jsonify(answer_data)
+        return jsonify(run(kwargs[id_arg], data or {}, current_actor().label))
 
     view.__name__ = endpoint
     view.__doc__ = summary

@@ -6,9 +6,8 @@ from flask import jsonify
 
 from cp.delivery import plugins
 from cp.delivery import rollouts
-from cp.audit import audited
-from cp.auth import current_role, role_required
-from cp.extensions import db
+from cp.api.audited import audited
+from cp.auth import current_actor, role_required
 from cp.web.parsing import load_json
 from cp.api import bp
 from cp.api.actions import register_action, register_list
@@ -65,8 +64,7 @@ def publish_plugin_release():
           description: Validation failed, manifest mismatch, or invalid_signature (unknown key or bad signature).
     """
     body = load_json(PluginReleaseCreateSchema())
-    release = plugins.publish_plugin_release(by=current_role(), **body)
-    db.session.commit()
+    release = plugins.publish_plugin_release(by=current_actor().label, **body)
     return jsonify(release_schema.dump(release)), 201
 
 
@@ -139,9 +137,8 @@ def create_plugin_rollout():
           description: The plugin already has an active or paused rollout.
     """
     body = load_json(PluginRolloutCreateSchema())
-    rollout = plugins.create_plugin_rollout(by=current_role(), **body)
+    rollout = plugins.create_plugin_rollout(by=current_actor().label, **body)
     data = dump_plugin_rollout(rollout)
-    db.session.commit()
     return jsonify(data), 201
 
 

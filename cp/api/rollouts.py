@@ -5,10 +5,9 @@ from flask import jsonify
 
 from cp.delivery import releases
 from cp.delivery import rollouts
-from cp.audit import audited
-from cp.auth import current_role, role_required
+from cp.api.audited import audited
+from cp.auth import current_actor, role_required
 from cp.errors import Invalid
-from cp.extensions import db
 from cp.web.parsing import load_json
 from cp.api import bp
 from cp.api.actions import register_list
@@ -60,9 +59,8 @@ def create_rollout():
     channel = body.pop("channel", None) or release.channel
     if not channel:
         raise Invalid("Name the channel to roll out on.", details={"channel": ["Missing data for required field."]})
-    rollout = rollouts.create_rollout(kind="core", release=release, channel=channel, by=current_role(), **body)
+    rollout = rollouts.create_rollout(kind="core", release=release, channel=channel, by=current_actor().label, **body)
     data = dump_rollout(rollout)
-    db.session.commit()
     return jsonify(data), 201
 
 
