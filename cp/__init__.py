@@ -26,7 +26,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app = Flask(__name__, instance_path=env.get("CONTROL_PLANE_INSTANCE_PATH") or None)
     _configure(app, settings)
 
-    from cp import admin, agent_api, api, auth, cli, dbutil
+    from cp import admin, agent_api, api, auth, cli, dbutil, sso
     from cp.extensions import csrf, db, migrate
     from cp.web import errors, health, logs, metrics, pages, security
 
@@ -38,6 +38,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     errors.init_app(app)
     security.init_app(app)
     auth.init_app(app)
+    sso.init_app(app)
     health.init_app(app)
     metrics.init_app(app)
     agent_api.init_app(app)
