@@ -26,12 +26,13 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app = Flask(__name__, instance_path=env.get("CONTROL_PLANE_INSTANCE_PATH") or None)
     _configure(app, settings)
 
-    from cp import admin, agent_api, api, auth, cli, dbutil, sso
+    from cp import admin, agent_api, api, audit, auth, cli, dbutil, sso
     from cp.extensions import csrf, db, migrate
     from cp.web import errors, health, logs, metrics, pages, security
 
     logs.init_app(app)
     db.init_app(app)
+    audit.init_app(app)
     dbutil.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
     csrf.init_app(app)

@@ -1,97 +1,99 @@
-"""The audit log: every mutating action from the panel or the API (when, role, action, target,
-outcome, source address). Entries are written in their own transaction, so refused and failed
-attempts are kept too."""
+"""The audit log: every mutating action from the panel, the API and the CLI (when, who, which
+role, what, on what, outcome, source address). No HTTP here: callers pass the actor and the
+source address.
+
+- ``add`` puts an entry into the caller's session: it is committed in the same transaction as
+  the action it records, or not at all. An action is never on disk without its entry.
+- ``record_apart`` writes the entry of a refused or failed attempt in a transaction of its own,
+  after the attempt's own transaction was rolled back (refusals are kept too).
+- ``open_action`` / ``close_action`` mark a request whose transaction belongs to an audited
+  action: a commit before the entry is added fails loudly (``guard_commit``), so a handler that
+  commits on its own cannot slip an unaudited change through.
+"""
 from __future__ import annotations
 
 from datetime import datetime
-from functools import wraps
-from typing import Callable
 
-from flask import g, request
-from sqlalchemy import func, insert, select
-from werkzeug.exceptions import HTTPException
+from sqlalchemy import event, func, insert, select
+from sqlalchemy.orm import Session
 
-from cp.errors import DomainError
 from cp.extensions import db
 from cp.models import AuditLog
+from cp.people import Actor  # noqa: F401  (callers name their actor through this module too)
 from cp.timeutil import utcnow
 
-
-def _session_role() -> str | None:
-    from flask_login import current_user
-
-    return current_user.role if current_user and current_user.is_authenticated else None
+CLI = Actor(role="cli", via="role_token", name="cli")  # what the command line's actions are recorded as
 
 
-def record(action: str, *, target_type: str | None = None, target_id: str | None = None, outcome: str = "ok",
-           details: dict | None = None, role: str | None = None) -> None:
-    try:
-        ip = request.remote_addr
-        role = role or g.get("cp_role") or _session_role()
-    except RuntimeError:  # outside a request (CLI)
-        ip, role = None, role or "cli"
+def _values(action: str, actor: Actor | None, source_ip: str | None, target_type: str | None,
+            target_id: object, outcome: str, details: dict | None) -> dict:
+    return dict(at=utcnow(), role=actor.role if actor else None, actor=actor.label[:255] if actor else None,
+                action=action[:64], target_type=target_type,
+                target_id=None if target_id is None else str(target_id)[:255], outcome=outcome[:32],
+                source_ip=None if source_ip is None else source_ip[:64], details=details)
+
+
+def add(action: str, *, actor: Actor | None, source_ip: str | None = None, target_type: str | None = None,
+        target_id: object = None, outcome: str = "ok", details: dict | None = None) -> AuditLog:
+    """An entry in the session's transaction, committed with the action it records."""
+    entry = AuditLog(**_values(action, actor, source_ip, target_type, target_id, outcome, details))
+    db.session.add(entry)
+    return entry
+
+
+def record_apart(action: str, *, actor: Actor | None, source_ip: str | None = None,
+                 target_type: str | None = None, target_id: object = None, outcome: str = "ok",
+                 details: dict | None = None) -> None:
+    """An entry in a transaction of its own (for an attempt that was refused or rolled back)."""
     with db.engine.begin() as conn:
         conn.execute(insert(AuditLog.__table__).values(
-            at=utcnow(), role=role, action=action[:64], target_type=target_type,
-            target_id=None if target_id is None else str(target_id)[:255], outcome=outcome[:32],
-            source_ip=ip, details=details))
+            **_values(action, actor, source_ip, target_type, target_id, outcome, details)))
 
 
-def audited(action: str, target_type: str | None = None, id_kwarg: str | None = None) -> Callable:
-    """Decorator for mutating JSON endpoints (place it under ``role_required``).
+# --- an audited action owns its transaction -----------------------------------------------------
+GUARD_KEY = "cp_audit_open"  # in ``Session.info``: the session's transaction belongs to an audited action
 
-    Every outcome is recorded: ``ok``, the error code of a refused request (domain error or
-    HTTP error), or ``error`` for a crash. The transaction of a failed request is rolled back
-    before the entry is written (the entry has its own transaction)."""
 
-    def decorator(view: Callable) -> Callable:
-        @wraps(view)
-        def wrapped(*args, **kwargs):
-            target = kwargs.get(id_kwarg) if id_kwarg else None
-            try:
-                response = view(*args, **kwargs)
-            except DomainError as exc:
-                db.session.rollback()
-                record(action, target_type=target_type, target_id=target, outcome=exc.code)
-                raise
-            except HTTPException as exc:
-                db.session.rollback()
-                record(action, target_type=target_type, target_id=target, outcome=str(exc.code or "error"))
-                raise
-            except Exception:
-                db.session.rollback()
-                record(action, target_type=target_type, target_id=target, outcome="error")
-                raise
-            status = getattr(response, "status_code", None)
-            if isinstance(response, tuple) and len(response) > 1 and isinstance(response[1], int):
-                status = response[1]
-            if target is None:
-                resp = response[0] if isinstance(response, tuple) else response
-                body = resp.get_json(silent=True) if hasattr(resp, "get_json") else None
-                if isinstance(body, dict) and "id" in body:
-                    target = body["id"]
-                elif isinstance(body, dict) and isinstance(body.get("items"), list):  # a bulk creation
-                    ids = [str(i["id"]) for i in body["items"] if isinstance(i, dict) and "id" in i]
-                    target = ",".join(ids) or None
-            record(action, target_type=target_type, target_id=target,
-                   outcome="ok" if status is None or status < 400 else str(status))
-            return response
+def open_action() -> None:
+    """From here, the session's transaction is an audited action's: only ``commit_with`` commits it."""
+    db.session.info[GUARD_KEY] = True
 
-        wrapped.cp_audited = action  # read by the tests that check every mutating endpoint is audited
-        return wrapped
 
-    return decorator
+def close_action() -> None:
+    db.session.info.pop(GUARD_KEY, None)
+
+
+def commit_with(action: str, **entry) -> AuditLog:
+    """Add the action's entry and commit both in one transaction (the one commit of an audited
+    action); closes the action."""
+    row = add(action, **entry)
+    close_action()
+    db.session.commit()
+    return row
+
+
+def guard_commit(session: Session) -> None:
+    if session.info.get(GUARD_KEY) and not session.in_nested_transaction():  # a savepoint's release is fine
+        raise RuntimeError("an audited action tried to commit before its audit entry was added; "
+                           "its entry and the action commit together (cp.audit.commit_with)")
+
+
+def init_app(app) -> None:
+    if not event.contains(Session, "before_commit", guard_commit):
+        event.listen(Session, "before_commit", guard_commit)
 
 
 # --- reading the log --------------------------------------------------------------------------
-def audit_filters(*, action: str | None = None, role: str | None = None, outcome: str | None = None,
-                  target_type: str | None = None, target_id: str | None = None,
+def audit_filters(*, action: str | None = None, role: str | None = None, actor: str | None = None,
+                  outcome: str | None = None, target_type: str | None = None, target_id: str | None = None,
                   since: datetime | None = None, until: datetime | None = None) -> list:
     conds: list = []
     if action:
         conds.append(AuditLog.action == action)
     if role:
         conds.append(AuditLog.role == role)
+    if actor:
+        conds.append(AuditLog.actor == actor.strip().lower() if "@" in actor else AuditLog.actor == actor)
     if outcome:
         conds.append(AuditLog.outcome == outcome)
     if target_type:

@@ -14,6 +14,7 @@ from config import SETTINGS
 from cp.agent_client import build_request
 from cp.background import worker
 from cp.delivery import cli as delivery_cli
+from cp.people import cli as people_cli
 from cp.agent_api.signed import secret_for
 from cp.timeutil import isoformat, utcnow
 
@@ -124,3 +125,4 @@ def init_app(app) -> None:
     app.cli.add_command(gen_token)
     worker.init_cli(app)
     delivery_cli.init_cli(app)
+    people_cli.init_cli(app)

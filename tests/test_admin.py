@@ -423,9 +423,11 @@ def test_agent_text_is_escaped_in_admin_pages(app, client, fleet, path):
 def test_audit_log_screen_escapes_and_filters(app, client, fleet):
     from cp import audit
 
-    with app.test_request_context():
-        audit.record("api.test", target_type="x", target_id=XSS, outcome="ok", role="admin", details={"m": XSS})
-        audit.record("api.other", target_type="x", target_id="2", outcome="conflict", role="ops")
+    ann = audit.Actor(role="ops", via="sso", person_id=1, email="ann@example.com")
+    with app.app_context():
+        audit.record_apart("api.test", target_type="x", target_id=XSS, outcome="ok", actor=audit.Actor.for_role("admin"),
+                           details={"m": XSS})
+        audit.record_apart("api.other", target_type="x", target_id="2", outcome="conflict", actor=ann)
     login(client, "admin")
     html = client.get("/admin/audit_log/").get_data(as_text=True)
     assert XSS not in html and XSS_ESCAPED in html
@@ -434,6 +436,9 @@ def test_audit_log_screen_escapes_and_filters(app, client, fleet):
     idx = next(i for i, f in enumerate(AuditLogView.column_filters) if f.name == "Outcome")
     html = client.get("/admin/audit_log/", query_string={f"flt0_{idx}": "conflict"}).get_data(as_text=True)
     assert "api.other" in html and "api.test" not in html
+    idx = next(i for i, f in enumerate(AuditLogView.column_filters) if f.name == "Actor")
+    html = client.get("/admin/audit_log/", query_string={f"flt0_{idx}": "ann@example.com"}).get_data(as_text=True)
+    assert "api.other" in html and "api.test" not in html and "ann@example.com" in html
 
 
 # --- dashboard ------------------------------------------------------------------------------------

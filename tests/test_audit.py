@@ -51,17 +51,19 @@ def test_api_triage_is_audited_with_role_outcome_and_source(app, client, agent):
 def test_api_audit_lists_newest_first_with_filters(app, client):
     from cp import audit
 
-    with app.test_request_context():
-        audit.record("rollout.advance", target_type="rollout", target_id="1", outcome="ok", role="admin")
-        audit.record("alert.resolve", target_type="alert", target_id="7", outcome="ok", role="ops")
-        audit.record("rollout.advance", target_type="rollout", target_id="1", outcome="conflict", role="admin")
+    admin, ann = audit.Actor.for_role("admin"), audit.Actor(role="ops", via="token", person_id=1, email="ann@example.com")
+    with app.app_context():
+        audit.record_apart("rollout.advance", target_type="rollout", target_id="1", outcome="ok", actor=admin)
+        audit.record_apart("alert.resolve", target_type="alert", target_id="7", outcome="ok", actor=ann)
+        audit.record_apart("rollout.advance", target_type="rollout", target_id="1", outcome="conflict", actor=admin)
     resp = client.get("/api/audit", headers=bearer("admin"))
     assert resp.status_code == 200
     body = resp.get_json()
     assert body["total"] == 3
     assert [i["outcome"] for i in body["items"]] == ["conflict", "ok", "ok"]
     item = body["items"][0]
-    assert set(item) == {"id", "at", "role", "action", "target_type", "target_id", "outcome", "source_ip", "details"}
+    assert set(item) == {"id", "at", "role", "actor", "action", "target_type", "target_id", "outcome", "source_ip",
+                         "details"}
     assert item["at"].endswith("Z")
 
     def q(**args):
@@ -69,6 +71,8 @@ def test_api_audit_lists_newest_first_with_filters(app, client):
 
     assert q(action="rollout.advance")["total"] == 2
     assert q(role="ops")["items"][0]["action"] == "alert.resolve"
+    assert [i["action"] for i in q(actor="Ann@Example.com")["items"]] == ["alert.resolve"]
+    assert q(actor="admin")["total"] == 2
     assert q(outcome="conflict")["total"] == 1
     assert q(action="rollout.advance", outcome="ok")["total"] == 1
     assert q(target_type="alert", target_id="7")["total"] == 1

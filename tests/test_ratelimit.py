@@ -23,34 +23,31 @@ def _login_attempt(client, token: str, addr: str = "10.0.0.1"):
 
 
 # --- login ----------------------------------------------------------------------------------
-def test_login_attempts_are_limited_per_address_before_the_compare(make_app, monkeypatch, clock):
-    import cp.auth
-
+def test_wrong_logins_past_the_limit_get_429_but_a_right_token_always_gets_in(make_app, clock):
     app = make_app(CONTROL_PLANE_LOGIN_RATE_LIMIT="3")
     client = app.test_client()
     for _ in range(3):
         assert _login_attempt(client, "wrong").status_code == 401
-    compared = []
-    real = cp.auth.role_for_token
-    monkeypatch.setattr(cp.auth, "role_for_token", lambda t: compared.append(t) or real(t))
-    resp = _login_attempt(client, TOKENS["admin"])  # even the right token: refused, and not compared
+    resp = _login_attempt(client, "wrong")
     assert resp.status_code == 429
-    assert compared == []
     assert 1 <= int(resp.headers["Retry-After"]) <= 61
     # the form's page, not JSON: a person sees what happened
     assert resp.mimetype == "text/html"
     html = resp.get_data(as_text=True)
-    assert "429" in html and re.search(r"Too many login attempts; retry in \d+ seconds", html)
+    assert "429" in html and re.search(r"Too many failed login attempts; retry in \d+ seconds", html)
     assert "cp_session" not in resp.headers.get("Set-Cookie", "") or "Expires" in resp.headers["Set-Cookie"]
-    assert client.get("/api/installations").status_code == 401
-    # another address is not affected
-    assert _login_attempt(client, TOKENS["admin"], addr="10.0.0.2").status_code == 303
-    # the next window lets the first address in again
+    # a colleague behind the same address with the right token: never refused, never throttled
+    for _ in range(5):
+        assert _login_attempt(client, TOKENS["admin"]).status_code == 303
+    assert client.get("/api/installations", headers=bearer("support"),
+                      environ_base={"REMOTE_ADDR": "10.0.0.1"}).status_code == 200
+    # another address is not affected; the next window forgets the failures
+    assert _login_attempt(client, "wrong", addr="10.0.0.2").status_code == 401
     clock.advance(seconds=61)
-    assert _login_attempt(client, TOKENS["admin"]).status_code == 303
+    assert _login_attempt(client, "wrong").status_code == 401
 
 
-def test_wrong_bearer_tokens_count_as_login_attempts(make_app, clock):
+def test_wrong_bearer_tokens_count_as_failed_logins_and_never_lock_out_valid_ones(make_app, clock):
     app = make_app(CONTROL_PLANE_LOGIN_RATE_LIMIT="3")
     client = app.test_client()
     env = {"REMOTE_ADDR": "10.0.0.9"}
@@ -60,15 +57,48 @@ def test_wrong_bearer_tokens_count_as_login_attempts(make_app, clock):
     for _ in range(3):
         resp = client.get("/api/installations", headers={"Authorization": "Bearer guess"}, environ_base=env)
         assert resp.status_code == 401
-    resp = client.get("/api/installations", headers={"Authorization": "Bearer guess"}, environ_base=env)
-    assert resp.status_code == 429
-    assert resp.get_json()["error"] == "rate_limited" and "Retry-After" in resp.headers
-    # while over the limit, the address is refused before any compare, even with a right token
-    assert client.get("/api/installations", headers=bearer("admin"), environ_base=env).status_code == 429
-    # and the same budget covers the login form of that address
-    assert _login_attempt(client, TOKENS["admin"], addr="10.0.0.9").status_code == 429
-    clock.advance(seconds=61)
+    for _ in range(7):  # ten junk headers through the shared proxy
+        resp = client.get("/api/installations", headers={"Authorization": "Bearer guess"}, environ_base=env)
+        assert resp.status_code == 429
+        assert resp.get_json()["error"] == "rate_limited" and "Retry-After" in resp.headers
+    # a valid token from the same address is not refused
     assert client.get("/api/installations", headers=bearer("admin"), environ_base=env).status_code == 200
+    # the same budget of failures covers the login form of that address; a right token still gets in
+    assert _login_attempt(client, "wrong", addr="10.0.0.9").status_code == 429
+    assert _login_attempt(client, TOKENS["ops"], addr="10.0.0.9").status_code == 303
+    with app.app_context():
+        keys = dict(db.session.execute(select(RateLimitBucket.key, RateLimitBucket.count)).all())
+    assert keys == {"login:10.0.0.9": 11}  # only the failures were counted
+
+
+def _wrong_bearer(client, xff: str, peer: str = "192.0.2.10"):
+    return client.get("/api/installations", headers={"Authorization": "Bearer guess", "X-Forwarded-For": xff},
+                      environ_base={"REMOTE_ADDR": peer}).status_code
+
+
+def test_behind_one_trusted_proxy_the_client_is_the_rightmost_forwarded_address(make_app):
+    """The proxy appends the address it saw; anything left of it was written by the client."""
+    client = make_app(CONTROL_PLANE_LOGIN_RATE_LIMIT="3", CONTROL_PLANE_TRUSTED_PROXIES="1").test_client()
+    statuses = [_wrong_bearer(client, f"10.9.{i}.1, 203.0.113.5") for i in range(6)]  # rotating leftmost
+    assert statuses == [401, 401, 401, 429, 429, 429]
+    assert _wrong_bearer(client, "203.0.113.6") == 401  # another client behind the same proxy
+
+
+def test_too_many_trusted_hops_and_a_rotating_forwarded_for_still_hit_a_limit(make_app):
+    """Two hops configured, one proxy in front: the address two hops from the right is the
+    client's to choose. The nearest hop's address (the rightmost, written by our proxy) is
+    limited too, at ten times the limit, so rotating the header does not bypass the limit."""
+    client = make_app(CONTROL_PLANE_LOGIN_RATE_LIMIT="2", CONTROL_PLANE_TRUSTED_PROXIES="2").test_client()
+    statuses = [_wrong_bearer(client, f"10.8.{i}.1, 203.0.113.5") for i in range(25)]
+    assert statuses.count(401) == 20 and statuses[20:] == [429] * 5
+    assert client.get("/api/installations", headers={**bearer("ops"), "X-Forwarded-For": "10.8.99.1, 203.0.113.5"},
+                      environ_base={"REMOTE_ADDR": "192.0.2.10"}).status_code == 200
+
+
+def test_without_trusted_proxies_forwarded_for_is_ignored(make_app):
+    client = make_app(CONTROL_PLANE_LOGIN_RATE_LIMIT="2").test_client()
+    statuses = [_wrong_bearer(client, f"10.7.{i}.1", peer="198.51.100.7") for i in range(3)]
+    assert statuses == [401, 401, 429]
 
 
 # --- agents -------------------------------------------------------------------------------------
@@ -130,8 +160,8 @@ def test_prune_forgets_windows_that_are_over(make_app, clock):
     from cp.web import limits as ratelimit
 
     app = make_app()
-    with app.test_request_context(environ_base={"REMOTE_ADDR": "10.1.1.1"}):
-        ratelimit.check_login_rate()
+    with app.app_context():
+        ratelimit.count_failed_login(ratelimit.ClientAddress("10.1.1.1"), 10)
         clock.advance(seconds=30)
         assert ratelimit.prune() == 0
         clock.advance(seconds=120)

@@ -1,5 +1,6 @@
 """The audit log screen (admin only): every mutating action from the panel and the API, with
-when, role, action, target, outcome and source address; filterable, newest first, read-only."""
+when, who (a person's email or a role name), role, action, target, outcome and source address;
+filterable (by who too), newest first, read-only."""
 from __future__ import annotations
 
 import json
@@ -28,14 +29,23 @@ def _outcome(view, context, model, name):
     return Markup('<span class="badge {}">{}</span>').format(css, model.outcome)
 
 
+class ActorFilter(TextEqualFilter):
+    """Who: an email matches in any case (emails are stored lower-cased); a role name as is."""
+
+    def clean(self, value: str) -> str:
+        value = super().clean(value)
+        return value.lower() if "@" in value else value
+
+
 class AuditLogView(SecureModelView):
     required_role = "admin"
-    column_list = ("at", "role", "action", "target_type", "target_id", "outcome", "source_ip", "details")
+    column_list = ("at", "actor", "role", "action", "target_type", "target_id", "outcome", "source_ip", "details")
     column_details_list = column_list
-    column_labels = {"at": "When", "target_type": "Target type", "target_id": "Target", "source_ip": "Source IP"}
+    column_labels = {"at": "When", "actor": "Who", "target_type": "Target type", "target_id": "Target", "source_ip": "Source IP"}
     column_sortable_list = ("at",)
     column_default_sort = [("at", True), ("id", True)]
     column_filters = [
+        ActorFilter(AuditLog.actor, "Actor", 255),
         TextEqualFilter(AuditLog.action, "Action", 64),
         ChoiceFilter(AuditLog.role, "Role", (*ROLES, "cli")),
         TextEqualFilter(AuditLog.outcome, "Outcome", 32),

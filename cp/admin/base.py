@@ -12,8 +12,8 @@
   (harmless ones such as "acknowledge"); dangerous ones should pass their own sentence to
   ``@action(name, text, confirmation)``.
 - Every mutation goes to the audit log: bulk actions through ``run_action`` (one transaction,
-  flash, audit), generic create/edit/delete through the ``after_model_change`` /
-  ``after_model_delete`` hooks (and failed attempts through the ``*_model`` wrappers).
+  flash, audit), generic create/edit/delete through the ``on_model_change`` /
+  ``on_model_delete`` hooks, which run before Flask-Admin commits, so each entry commits with its change (failed attempts are audited apart by the ``*_model`` wrappers).
 - Forms are Flask-WTF ``FlaskForm``: every list/action/delete/edit form carries the CSRF token,
   and the app-wide ``CSRFProtect`` refuses any POST without a valid one (400) before a view runs.
 - ``count_cap``: list totals are counted up to this many rows only ("10000+"), so a list over a
@@ -25,25 +25,20 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Callable
 
-from flask import flash, g, redirect, request, url_for
+from flask import flash, g, request
 from flask_admin import AdminIndexView
 from flask_admin.contrib.sqla import ModelView
 from flask_admin.contrib.sqla._compat import _get_deprecated_session
-from flask_login import current_user
 from flask_wtf import FlaskForm
 from sqlalchemy import func, inspect, literal_column, select
 from sqlalchemy.orm import Query, scoped_session
 
 from cp import audit
-from cp.auth import role_allows
+from cp.auth import current_actor, current_role, login_redirect, role_allows
 from cp.errors import BadRequest, DomainError, Forbidden
 from cp.extensions import db
 
 MAX_ACTION_ROWS = 500
-
-
-def current_role() -> str | None:
-    return current_user.role if current_user.is_authenticated else None
 
 
 class RoleGate:
@@ -52,15 +47,15 @@ class RoleGate:
     required_role = "support"
 
     def is_accessible(self) -> bool:
-        return current_user.is_authenticated and role_allows(current_user.role, self.required_role)
+        return role_allows(current_role(), self.required_role)
 
     def is_visible(self) -> bool:
         return self.is_accessible()
 
     def inaccessible_callback(self, name, **kwargs):
-        if not current_user.is_authenticated:
-            return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
-        raise Forbidden(f"This screen needs the {self.required_role} role; you are {current_user.role}.")
+        if current_actor() is None:
+            return login_redirect()
+        raise Forbidden(f"This screen needs the {self.required_role} role; you are {current_role()}.")
 
 
 class SecureIndexView(RoleGate, AdminIndexView):
@@ -98,6 +93,19 @@ class CappedCountQuery(Query):
 
 
 # --- audit helpers ----------------------------------------------------------------------------
+def _who() -> dict:
+    return {"actor": current_actor(), "source_ip": request.remote_addr}
+
+
+def _record_apart(action: str, **entry) -> None:
+    audit.record_apart(action, **entry, **_who())
+
+
+def _rollback() -> None:
+    db.session.rollback()
+    audit.close_action()
+
+
 def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
@@ -172,9 +180,8 @@ class SecureModelView(RoleGate, ModelView):
         }.get(name, False)
         if refused:
             if request.method == "POST":  # a refused attempt to change something is kept too
-                audit.record(f"admin.{self.endpoint}.{name.removesuffix('_view')}", target_type=self._audit_type(),
-                             target_id=request.args.get("id") or request.form.get("id"), outcome="forbidden",
-                             role=current_role())
+                _record_apart(f"admin.{self.endpoint}.{name.removesuffix('_view')}", target_type=self._audit_type(),
+                              target_id=request.args.get("id") or request.form.get("id"), outcome="forbidden")
             raise Forbidden("Your role may not do this on this screen.")
         return None
 
@@ -194,15 +201,15 @@ class SecureModelView(RoleGate, ModelView):
     def handle_action(self, return_view=None):
         name = request.form.get("action")
         if not name or name not in self._actions_data or not self.is_action_allowed(name):
-            audit.record(f"admin.{self.endpoint}.action", target_type=self._audit_type(),
-                         target_id=",".join(request.form.getlist("rowid"))[:255] or None, outcome="forbidden",
-                         role=current_role(), details={"action": (name or "")[:64]})
+            _record_apart(f"admin.{self.endpoint}.action", target_type=self._audit_type(),
+                          target_id=",".join(request.form.getlist("rowid"))[:255] or None, outcome="forbidden",
+                          details={"action": (name or "")[:64]})
             raise Forbidden("Your role may not run this action.")
         return super().handle_action(return_view)
 
     def run_action(self, name: str, ids: list[str], fn: Callable[[list[int]], str], target_type: str) -> None:
-        """Run a bulk action in one transaction, flash the outcome, and audit it (every
-        outcome: done, refused by the domain, or failed)."""
+        """Run a bulk action and its audit entry in one transaction, flash the outcome (a refusal
+        by the domain or a failure is rolled back and audited apart)."""
         try:
             int_ids = sorted({int(i) for i in ids})
         except (TypeError, ValueError):
@@ -214,23 +221,21 @@ class SecureModelView(RoleGate, ModelView):
             raise BadRequest(f"At most {MAX_ACTION_ROWS} rows per action.")
         target = ",".join(str(i) for i in int_ids)[:255]
         details = {"ids": int_ids[:100], "count": len(int_ids)}
-        role = current_role()
+        entry = {"target_type": target_type, "target_id": target, **_who()}
+        audit.open_action()
         try:
             message = fn(int_ids)
-            db.session.commit()
+            audit.commit_with(f"admin.{name}", outcome="ok", details=details, **entry)
         except DomainError as exc:
-            db.session.rollback()
-            audit.record(f"admin.{name}", target_type=target_type, target_id=target, outcome=exc.code,
-                         role=role, details={**details, "message": exc.message[:500]})
+            _rollback()
+            audit.record_apart(f"admin.{name}", outcome=exc.code, details={**details, "message": exc.message[:500]},
+                               **entry)
             flash(exc.message, "error")
             return
         except Exception:
-            db.session.rollback()
-            audit.record(f"admin.{name}", target_type=target_type, target_id=target, outcome="error",
-                         role=role, details=details)
+            _rollback()
+            audit.record_apart(f"admin.{name}", outcome="error", details=details, **entry)
             raise
-        audit.record(f"admin.{name}", target_type=target_type, target_id=target, outcome="ok", role=role,
-                     details=details)
         flash(message, "success")
 
     # --- generic create / edit / delete: audited ------------------------------------------
@@ -238,19 +243,18 @@ class SecureModelView(RoleGate, ModelView):
         return self.audit_target_type or self.model.__tablename__
 
     def _audit_model(self, verb: str, model: Any, outcome: str, details: dict | None = None) -> None:
+        """A failed create/edit/delete (Flask-Admin rolled it back): audited apart."""
         try:
             pk = self.get_pk_value(model)
         except Exception:  # noqa: BLE001 - a failed create has no key yet
             pk = None
-        audit.record(f"admin.{self.endpoint}.{verb}", target_type=self._audit_type(),
-                     target_id=None if pk is None else str(pk), outcome=outcome, role=current_role(),
-                     details=details)
+        _record_apart(f"admin.{self.endpoint}.{verb}", target_type=self._audit_type(),
+                      target_id=None if pk is None else str(pk), outcome=outcome, details=details)
 
     def create_model(self, form):
         model = super().create_model(form)
         if not model:
-            audit.record(f"admin.{self.endpoint}.create", target_type=self._audit_type(), outcome="error",
-                         role=current_role())
+            _record_apart(f"admin.{self.endpoint}.create", target_type=self._audit_type(), outcome="error")
         return model
 
     def update_model(self, form, model):
@@ -267,17 +271,21 @@ class SecureModelView(RoleGate, ModelView):
             self._audit_model("delete", model, "error")
         return ok
 
-    def after_model_change(self, form, model, is_created):
-        super().after_model_change(form, model, is_created)
+    # Flask-Admin calls these two before its commit: the entry commits with the change. A screen
+    # that adjusts the row calls ``super()`` last, so the entry shows the values stored.
+    def on_model_change(self, form, model, is_created):
+        super().on_model_change(form, model, is_created)
+        db.session.flush()  # a new row's key
         after = _snapshot(model)
-        if is_created:
-            self._audit_model("create", model, "ok", {"values": after})
-        else:
-            self._audit_model("edit", model, "ok", {"changes": _diff(g.pop("cp_admin_before", {}), after)})
+        details = {"values": after} if is_created else {"changes": _diff(g.get("cp_admin_before", {}), after)}
+        audit.add(f"admin.{self.endpoint}.{'create' if is_created else 'edit'}", target_type=self._audit_type(),
+                  target_id=str(self.get_pk_value(model)), outcome="ok", details=details, **_who())
 
-    def after_model_delete(self, model):
-        super().after_model_delete(model)
-        self._audit_model("delete", model, "ok", {"values": g.pop("cp_admin_before", {})})
+    def on_model_delete(self, model):
+        super().on_model_delete(model)
+        audit.add(f"admin.{self.endpoint}.delete", target_type=self._audit_type(),
+                  target_id=str(self.get_pk_value(model)), outcome="ok",
+                  details={"values": g.get("cp_admin_before", {})}, **_who())
 
     # --- lists that stay cheap ----------------------------------------------------------------
     def get_count_query(self):

@@ -33,7 +33,8 @@ from cp.models import (
     JobFailure,
 )
 from cp.admin import formatters as fmt
-from cp.admin.base import SecureModelView, current_role
+from cp.auth import actor_label
+from cp.admin.base import SecureModelView
 from cp.admin.filters import (
     ChoiceFilter,
     InstallationFilter,
@@ -110,7 +111,6 @@ class InstallationView(SecureModelView):
         return count, data
 
     def on_model_change(self, form, model, is_created):
-        super().on_model_change(form, model, is_created)
         for attr in ("client", "domain", "release_channel"):  # blank means "unknown", stored as NULL
             value = getattr(model, attr)
             if isinstance(value, str):
@@ -119,6 +119,7 @@ class InstallationView(SecureModelView):
         old_channel = g.get("cp_admin_before", {}).get("release_channel")
         if not is_created and old_channel != model.release_channel:
             channel_changed(model, old_channel)
+        super().on_model_change(form, model, is_created)  # last: the audit entry shows what is stored
 
     # restore verifications (cp.delivery.restores): admin only, one per selected installation, due now
     action_roles = {"schedule_restore": "admin"}
@@ -129,7 +130,7 @@ class InstallationView(SecureModelView):
         from cp.delivery import restores
 
         self.run_action("restore.schedule", ids,
-                        lambda i: f"{len(restores.schedule_for_installations(i, by=current_role()))} "
+                        lambda i: f"{len(restores.schedule_for_installations(i, by=actor_label()))} "
                                   "restore verification(s) scheduled.", "installation")
 
 
@@ -183,13 +184,13 @@ class AlertView(SecureModelView):
     @action("acknowledge", "Acknowledge")
     def action_acknowledge(self, ids):
         self.run_action("alert.acknowledge", ids,
-                        lambda i: f"{alert_domain.bulk_acknowledge(i, by=current_role())} alert(s) acknowledged.",
+                        lambda i: f"{alert_domain.bulk_acknowledge(i, by=actor_label())} alert(s) acknowledged.",
                         "alert")
 
     @action("resolve", "Resolve", "Resolve the selected alerts? An agent alert still reported opens again.")
     def action_resolve(self, ids):
         self.run_action("alert.resolve", ids,
-                        lambda i: f"{alert_domain.bulk_resolve(i, by=current_role())} alert(s) resolved.", "alert")
+                        lambda i: f"{alert_domain.bulk_resolve(i, by=actor_label())} alert(s) resolved.", "alert")
 
 
 class JobFailureView(SecureModelView):
@@ -225,7 +226,7 @@ class JobFailureView(SecureModelView):
     @action("resolve", "Resolve", "Resolve the selected job failures?")
     def action_resolve(self, ids):
         self.run_action("job_failure.resolve", ids,
-                        lambda i: f"{alert_domain.bulk_resolve_job_failures(i, by=current_role())} failure(s) resolved.",
+                        lambda i: f"{alert_domain.bulk_resolve_job_failures(i, by=actor_label())} failure(s) resolved.",
                         "job_failure")
 
 

@@ -21,12 +21,12 @@ from markupsafe import Markup
 from sqlalchemy import select
 
 from cp.delivery import plugins
-from cp.auth import role_allows
+from cp.auth import actor_label, current_role, role_allows
 from cp.errors import DomainError, Forbidden
 from cp.extensions import db
 from cp.models import PLUGIN_REQUEST_STATUSES, PluginRequest, Release, Rollout
 from cp.admin import formatters as fmt
-from cp.admin.base import MAX_ACTION_ROWS, ScopedRows, SecureModelView, current_role
+from cp.admin.base import MAX_ACTION_ROWS, ScopedRows, SecureModelView
 from cp.admin.filters import ChoiceFilter, InstallationFilter, TextEqualFilter
 from cp.admin.rollouts import ReleaseView, RolloutView
 
@@ -127,7 +127,7 @@ class PluginRequestView(SecureModelView):
     @action("approve", "Approve",
             "Approve the selected pending requests? Each gets an install job of the requested (else newest) version.")
     def action_approve(self, ids):
-        by = current_role()
+        by = actor_label()
         self.run_action("plugin_request.approve", ids,
                         lambda i: _decide_each("approved", lambda rid: plugins.approve(rid, by=by), i),
                         "plugin_request")
@@ -163,7 +163,7 @@ class PluginRequestView(SecureModelView):
             elif len(reason) > plugins.MAX_REASON:
                 error = f"At most {plugins.MAX_REASON} characters."
             else:
-                by = current_role()
+                by = actor_label()
                 self.run_action(
                     "plugin_request.reject", [str(i) for i in ids],
                     lambda i: _decide_each("rejected", lambda rid: plugins.reject(rid, reason=reason, by=by), i),

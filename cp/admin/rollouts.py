@@ -18,12 +18,12 @@ from flask_wtf.csrf import generate_csrf
 from markupsafe import Markup
 
 from cp.delivery import rollouts
-from cp.auth import role_allows
+from cp.auth import actor_label, current_role, role_allows
 from cp.errors import Forbidden
 from cp.extensions import db
 from cp.models import JOB_STATUSES, ROLLOUT_STATUSES, Job, Release, Rollout
 from cp.admin import formatters as fmt
-from cp.admin.base import ScopedRows, SecureModelView, current_role
+from cp.admin.base import ScopedRows, SecureModelView
 from cp.admin.filters import ChoiceFilter, InstallationFilter, TextEqualFilter, _Filter
 
 LIST_COUNT_CAP = 10_000
@@ -88,7 +88,7 @@ ROLES = {op: role for op, _label, role, _c in ROW_BUTTONS}
 
 
 def _apply(op: str, rollout_id: int, from_batch: int | None = None) -> str:
-    by = current_role()
+    by = actor_label()
     if op == "advance":
         r = rollouts.advance(rollout_id, from_batch=from_batch, by=by)
     elif op == "advance_force":

@@ -9,7 +9,7 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 
 def init_app(app) -> None:
     from cp.extensions import csrf
-    from cp.api import audit, fleet, plugins, releases, restores, rollouts, spec  # noqa: F401  (register routes)
+    from cp.api import audit, fleet, people, plugins, releases, restores, rollouts, spec  # noqa: F401  (register routes)
 
     # JSON endpoints: bearer requests carry no ambient credential, and cookie requests are
     # checked for a same-site Origin in ``auth.require_role`` (with SameSite=Lax cookies).

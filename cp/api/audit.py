@@ -15,6 +15,7 @@ from cp.api.schemas import ListArgsSchema, list_schema
 class AuditArgsSchema(ListArgsSchema):
     action = fields.String(validate=validate.Length(max=64))
     role = fields.String(validate=validate.OneOf((*ROLES, "cli")))
+    actor = fields.String(validate=validate.Length(min=1, max=255))
     outcome = fields.String(validate=validate.Length(max=32))
     target_type = fields.String(validate=validate.Length(max=64))
     target_id = fields.String(validate=validate.Length(max=255))
@@ -26,6 +27,7 @@ class AuditEntrySchema(Schema):
     id = fields.Integer(dump_only=True)
     at = UTCDateTime(dump_only=True)
     role = fields.String(dump_only=True, allow_none=True)
+    actor = fields.String(dump_only=True, allow_none=True)
     action = fields.String(dump_only=True)
     target_type = fields.String(dump_only=True, allow_none=True)
     target_id = fields.String(dump_only=True, allow_none=True)
@@ -47,7 +49,8 @@ def list_audit():
       tags: [audit]
       summary: Every mutating action from the panel and the API, newest first (admin).
       description: >
-        Each entry says when, which role, what action on which target, the outcome (`ok`, or the
+        Each entry says when, who (`actor`: a person's email, or the role name for a role token), with
+        which role, what action on which target, the outcome (`ok`, or the
         error code of a refused or failed attempt) and the source address. Filters combine with AND;
         `since`/`until` are ISO 8601 timestamps with an offset.
       parameters:

@@ -4,9 +4,8 @@ from flask import jsonify
 from cp.fleet import alerts as alert_domain
 from cp.fleet import queries as fleet
 from cp.delivery import plugins as plugin_domain
-from cp.audit import audited
-from cp.auth import current_role, role_required
-from cp.extensions import db
+from cp.api.audited import audited
+from cp.auth import current_actor, role_required
 from cp.web.parsing import load_args
 from cp.delivery.releases import releases_behind
 from cp.api import bp
@@ -142,8 +141,7 @@ def acknowledge_alert(alert_id: int):
         404:
           description: Unknown alert.
     """
-    alert = alert_domain.acknowledge_alert(alert_id, by=current_role())
-    db.session.commit()
+    alert = alert_domain.acknowledge_alert(alert_id, by=current_actor().label)
     return jsonify(alert_schema.dump(alert))
 
 
@@ -165,8 +163,7 @@ def resolve_alert(alert_id: int):
         404:
           description: Unknown alert.
     """
-    alert = alert_domain.resolve_alert(alert_id, by=current_role())
-    db.session.commit()
+    alert = alert_domain.resolve_alert(alert_id, by=current_actor().label)
     return jsonify(alert_schema.dump(alert))
 
 
@@ -188,6 +185,5 @@ def resolve_job_failure(failure_id: int):
         404:
           description: Unknown job failure.
     """
-    failure = alert_domain.resolve_job_failure(failure_id, by=current_role())
-    db.session.commit()
+    failure = alert_domain.resolve_job_failure(failure_id, by=current_actor().label)
     return jsonify(failure_schema.dump(failure))

@@ -7,9 +7,8 @@ from flask import jsonify
 
 from cp.delivery import plugins
 from cp.delivery import rollouts
-from cp.audit import audited
-from cp.auth import current_role, role_required
-from cp.extensions import db
+from cp.api.audited import audited
+from cp.auth import current_actor, role_required
 from cp.web.parsing import load_args, load_json
 from cp.api import bp
 from cp.api.plugin_schemas import (
@@ -73,8 +72,7 @@ def publish_plugin_release():
           description: Validation failed, manifest mismatch, or invalid_signature (unknown key or bad signature).
     """
     body = load_json(PluginReleaseCreateSchema())
-    release = plugins.publish_plugin_release(by=current_role(), **body)
-    db.session.commit()
+    release = plugins.publish_plugin_release(by=current_actor().label, **body)
     return jsonify(release_schema.dump(release)), 201
 
 
@@ -151,9 +149,8 @@ def approve_plugin_request(request_id: int):
           description: The request is not pending (request_not_pending).
     """
     body = load_json(PluginRequestApproveSchema(), allow_empty=True)
-    request = plugins.approve(request_id, reason=body.get("reason"), by=current_role())
+    request = plugins.approve(request_id, reason=body.get("reason"), by=current_actor().label)
     data = request_schema.dump(request)
-    db.session.commit()
     return jsonify(data)
 
 
@@ -184,9 +181,8 @@ def reject_plugin_request(request_id: int):
           description: The request is not pending (request_not_pending).
     """
     body = load_json(PluginRequestRejectSchema())
-    request = plugins.reject(request_id, reason=body["reason"], by=current_role())
+    request = plugins.reject(request_id, reason=body["reason"], by=current_actor().label)
     data = request_schema.dump(request)
-    db.session.commit()
     return jsonify(data)
 
 
@@ -220,9 +216,8 @@ def create_plugin_rollout():
           description: The plugin already has an active or paused rollout.
     """
     body = load_json(PluginRolloutCreateSchema())
-    rollout = plugins.create_plugin_rollout(by=current_role(), **body)
+    rollout = plugins.create_plugin_rollout(by=current_actor().label, **body)
     data = _rollout(rollout)
-    db.session.commit()
     return jsonify(data), 201
 
 
@@ -296,9 +291,8 @@ def advance_plugin_rollout(rollout_id: int):
     """
     body = load_json(RolloutAdvanceSchema(), allow_empty=True)
     plugins.get_plugin_rollout(rollout_id)
-    rollout = rollouts.advance(rollout_id, by=current_role(), **body)
+    rollout = rollouts.advance(rollout_id, by=current_actor().label, **body)
     data = _rollout(rollout)
-    db.session.commit()
     return jsonify(data)
 
 
@@ -329,9 +323,8 @@ def pause_plugin_rollout(rollout_id: int):
     """
     body = load_json(RolloutPauseSchema(), allow_empty=True)
     plugins.get_plugin_rollout(rollout_id)
-    rollout = rollouts.pause(rollout_id, reason=body.get("reason"), by=current_role())
+    rollout = rollouts.pause(rollout_id, reason=body.get("reason"), by=current_actor().label)
     data = _rollout(rollout)
-    db.session.commit()
     return jsonify(data)
 
 
@@ -357,9 +350,8 @@ def resume_plugin_rollout(rollout_id: int):
     """
     load_json(RolloutPauseSchema(), allow_empty=True)
     plugins.get_plugin_rollout(rollout_id)
-    rollout = rollouts.resume(rollout_id, by=current_role())
+    rollout = rollouts.resume(rollout_id, by=current_actor().label)
     data = _rollout(rollout)
-    db.session.commit()
     return jsonify(data)
 
 
@@ -385,9 +377,8 @@ def cancel_plugin_rollout(rollout_id: int):
     """
     load_json(RolloutPauseSchema(), allow_empty=True)
     plugins.get_plugin_rollout(rollout_id)
-    rollout = rollouts.cancel(rollout_id, by=current_role())
+    rollout = rollouts.cancel(rollout_id, by=current_actor().label)
     data = _rollout(rollout)
-    db.session.commit()
     return jsonify(data)
 
 
@@ -413,7 +404,6 @@ def retry_plugin_rollout(rollout_id: int):
     """
     load_json(RolloutPauseSchema(), allow_empty=True)
     plugins.get_plugin_rollout(rollout_id)
-    rollout, requeued = rollouts.retry(rollout_id, by=current_role())
+    rollout, requeued = rollouts.retry(rollout_id, by=current_actor().label)
     data = _rollout(rollout, requeued=requeued)
-    db.session.commit()
     return jsonify(data)

@@ -2,9 +2,8 @@
 from flask import jsonify
 
 from cp.delivery import releases
-from cp.audit import audited
-from cp.auth import current_role, role_required
-from cp.extensions import db
+from cp.api.audited import audited
+from cp.auth import current_actor, role_required
 from cp.web.parsing import load_args, load_json
 from cp.api import bp
 from cp.api.rollout_schemas import ReleaseArgsSchema, ReleaseCreateSchema, ReleaseItemSchema, ReleaseSchema
@@ -42,8 +41,7 @@ def publish_release():
           description: Validation failed, manifest version mismatch, or invalid_signature (unknown key or bad signature).
     """
     body = load_json(ReleaseCreateSchema())
-    release = releases.publish_release(plugin=None, by=current_role(), **body)
-    db.session.commit()
+    release = releases.publish_release(plugin=None, by=current_actor().label, **body)
     return jsonify(release_schema.dump(release)), 201
 
 

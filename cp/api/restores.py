@@ -2,9 +2,8 @@
 from flask import jsonify
 
 from cp.delivery import restores
-from cp.audit import audited
-from cp.auth import current_role, role_required
-from cp.extensions import db
+from cp.api.audited import audited
+from cp.auth import current_actor, role_required
 from cp.web.parsing import load_args, load_json
 from cp.api import bp
 from cp.api.restore_schemas import RestoreArgsSchema, RestoreScheduleSchema, RestoreVerificationSchema
@@ -42,9 +41,8 @@ def schedule_restores():
     """
     body = load_json(RestoreScheduleSchema())
     items = restores.schedule(body["instance_ids"], backup_id=body["backup_id"],
-                              scheduled_for=body["scheduled_for"], by=current_role())
+                              scheduled_for=body["scheduled_for"], by=current_actor().label)
     out = {"items": verification_schema.dump([restores.as_dict(i) for i in items], many=True)}
-    db.session.commit()
     return jsonify(out), 201
 
 

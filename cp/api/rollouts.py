@@ -4,10 +4,9 @@ from flask import jsonify
 
 from cp.delivery import releases
 from cp.delivery import rollouts
-from cp.audit import audited
-from cp.auth import current_role, role_required
+from cp.api.audited import audited
+from cp.auth import current_actor, role_required
 from cp.errors import Invalid
-from cp.extensions import db
 from cp.web.parsing import load_args, load_json
 from cp.api import bp
 from cp.api.rollout_schemas import (
@@ -65,9 +64,8 @@ def create_rollout():
     channel = body.pop("channel", None) or release.channel
     if not channel:
         raise Invalid("Name the channel to roll out on.", details={"channel": ["Missing data for required field."]})
-    rollout = rollouts.create_rollout(kind="core", release=release, channel=channel, by=current_role(), **body)
+    rollout = rollouts.create_rollout(kind="core", release=release, channel=channel, by=current_actor().label, **body)
     data = _dump(rollout)
-    db.session.commit()
     return jsonify(data), 201
 
 
@@ -141,9 +139,8 @@ def advance_rollout(rollout_id: int):
           description: Not active, a job of the current batch failed (without force), or from_batch not open yet.
     """
     body = load_json(RolloutAdvanceSchema(), allow_empty=True)
-    rollout = rollouts.advance(rollout_id, by=current_role(), **body)
+    rollout = rollouts.advance(rollout_id, by=current_actor().label, **body)
     data = _dump(rollout)
-    db.session.commit()
     return jsonify(data)
 
 
@@ -173,9 +170,8 @@ def pause_rollout(rollout_id: int):
           description: Completed or cancelled.
     """
     body = load_json(RolloutPauseSchema(), allow_empty=True)
-    rollout = rollouts.pause(rollout_id, reason=body.get("reason"), by=current_role())
+    rollout = rollouts.pause(rollout_id, reason=body.get("reason"), by=current_actor().label)
     data = _dump(rollout)
-    db.session.commit()
     return jsonify(data)
 
 
@@ -200,9 +196,8 @@ def resume_rollout(rollout_id: int):
           description: Completed or cancelled.
     """
     load_json(RolloutPauseSchema(), allow_empty=True)
-    rollout = rollouts.resume(rollout_id, by=current_role())
+    rollout = rollouts.resume(rollout_id, by=current_actor().label)
     data = _dump(rollout)
-    db.session.commit()
     return jsonify(data)
 
 
@@ -227,9 +222,8 @@ def cancel_rollout(rollout_id: int):
           description: Already completed.
     """
     load_json(RolloutPauseSchema(), allow_empty=True)
-    rollout = rollouts.cancel(rollout_id, by=current_role())
+    rollout = rollouts.cancel(rollout_id, by=current_actor().label)
     data = _dump(rollout)
-    db.session.commit()
     return jsonify(data)
 
 
@@ -254,7 +248,6 @@ def retry_rollout(rollout_id: int):
           description: Cancelled.
     """
     load_json(RolloutPauseSchema(), allow_empty=True)
-    rollout, requeued = rollouts.retry(rollout_id, by=current_role())
+    rollout, requeued = rollouts.retry(rollout_id, by=current_actor().label)
     data = _dump(rollout, requeued=requeued)
-    db.session.commit()
     return jsonify(data)

@@ -58,8 +58,10 @@ The control plane's HTTP API. Every error is `{"error": "<snake_case_code>", "me
 "details": {...}}`. Lists take `limit` (default 50, max 500) and `offset` and return
 `{"items": [...], "total": N}`, newest first.
 
-**People** (`support` < `ops` < `admin`) send `Authorization: Bearer <role token>` (or the
-session cookie of `/login`).
+**People** (`support` < `ops` < `admin`) send `Authorization: Bearer <token>`: a personal token
+(`/api/tokens`; the person's current role) or a role token (attributed to the role name); or the
+session cookie of `/login`. Wrong credentials are counted per client address; past
+CONTROL_PLANE_LOGIN_RATE_LIMIT a minute they get 429 with `Retry-After` (a right one never does).
 
 **Agents** sign the exact request body: `x-agent-signature: hex(HMAC-SHA256(secret, body))`,
 where the secret is the installation's own (CONTROL_PLANE_AGENT_SECRETS) or the shared
@@ -193,7 +195,8 @@ def build_spec(app) -> dict:
     )
     spec.components.security_scheme("bearerAuth", {
         "type": "http", "scheme": "bearer",
-        "description": "A role token: CONTROL_PLANE_SUPPORT_TOKEN, _OPS_TOKEN or _ADMIN_TOKEN."})
+        "description": "A person's personal token (POST /api/tokens), or a role token: "
+                       "CONTROL_PLANE_SUPPORT_TOKEN, _OPS_TOKEN or _ADMIN_TOKEN."})
     spec.components.security_scheme("sessionCookie", {
         "type": "apiKey", "in": "cookie", "name": app.config.get("SESSION_COOKIE_NAME", "session"),
         "description": "The session cookie set by POST /login (browsers)."})

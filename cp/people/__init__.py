@@ -94,7 +94,8 @@ def _check_name(name: str) -> str:
 
 
 def create_person(email: str, name: str | None, role: str, *, by: str) -> User:
-    """A new active person (flushed, not committed). Same email (any case): 409."""
+    """A new active person (flushed, not committed). Same email (any case): 409, after which
+    the caller's transaction must be rolled back."""
     address = normalize_email(email)
     _check_role(role)
     display = _check_name(name if name else address.split("@", 1)[0])
@@ -103,9 +104,9 @@ def create_person(email: str, name: str | None, role: str, *, by: str) -> User:
                        details={"email": address})
     person = User(email=address, name=display, role=role, active=True, session_epoch=0, created_at=utcnow(),
                   created_by=by)
+    db.session.add(person)
     try:
-        with db.session.begin_nested():  # a concurrent create of the same email loses here
-            db.session.add(person)
+        db.session.flush()  # a concurrent create of the same email loses here (the caller rolls back)
     except IntegrityError:
         raise Conflict(f"A person with the email {address} exists.", code="duplicate_email",
                        details={"email": address}) from None
@@ -205,11 +206,13 @@ def issue_token(person: User, name: str, expires_in_days: int | None = None) -> 
     return token, secret
 
 
-def list_tokens(person_id: int) -> list[ApiToken]:
-    """A person's tokens that are not revoked, newest first."""
-    return list(db.session.scalars(
-        select(ApiToken).where(ApiToken.user_id == person_id, ApiToken.revoked_at.is_(None))
-        .order_by(ApiToken.created_at.desc(), ApiToken.id.desc())).all())
+def list_tokens(person_id: int | None, *, limit: int = 50, offset: int = 0) -> tuple[list[ApiToken], int]:
+    """A person's tokens that are not revoked, newest first (none for ``None``), and their total."""
+    conds = (ApiToken.user_id == person_id, ApiToken.revoked_at.is_(None))
+    total = db.session.scalar(select(func.count()).select_from(ApiToken).where(*conds)) if person_id else 0
+    items = db.session.scalars(select(ApiToken).where(*conds).order_by(ApiToken.created_at.desc(), ApiToken.id.desc())
+                               .limit(limit).offset(offset)).all() if person_id else []
+    return list(items), total
 
 
 def revoke_token(person_id: int, token_id: int) -> ApiToken:

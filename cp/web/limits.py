@@ -4,8 +4,10 @@ One row per key (``login:<address>``, ``agent:<instance_id>``) holds the current
 window and its count. ``hit(key, limit)`` counts one request with a single upsert that also
 restarts the window in place when the stored one is over, in its own short transaction (so a
 refused or failed request still counts), and raises ``RateLimited`` (429 with ``Retry-After``)
-past the limit. ``peek`` only reads (for bearer tokens: checked before the compare, counted
-only when wrong).
+past the limit.
+
+Logins count failures only (``count_failed_login``, called by ``cp.auth`` with the client's
+``ClientAddress``): a valid credential is never refused, whatever else came from its address.
 
 The agent hot path (``count_agent_request``) runs the same upsert in the request's own
 transaction: no extra connection checkout, BEGIN or COMMIT; a request that fails or is refused
@@ -17,6 +19,7 @@ are pruned in passing and by the worker (``cp.background.sweeps``).
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 
@@ -51,8 +54,8 @@ def _count_statement(key: str, window: datetime):
     return _count_on_conflict(insert(buckets).values(key=key, window_start=window, count=1)).returning(buckets.c.count)
 
 
-def hit(key: str, limit: int, what: str) -> None:
-    """Count one request for ``key``; 429 when it is over ``limit`` in the current window."""
+def _count(key: str) -> tuple[int, datetime, datetime]:
+    """Count one event for ``key`` in its own short transaction; return the window's count."""
     now = utcnow()
     window = _window(now)
     with db.engine.begin() as conn:
@@ -61,21 +64,66 @@ def hit(key: str, limit: int, what: str) -> None:
         count = conn.execute(_count_statement(key[:255], window)).scalar_one()
         if random.randrange(PRUNE_ONE_IN) == 0:
             _prune(conn, now)
+    return count, window, now
+
+
+def hit(key: str, limit: int, what: str) -> None:
+    """Count one request for ``key``; 429 when it is over ``limit`` in the current window."""
+    count, window, now = _count(key)
     if count > limit:
         raise _refuse(limit, what, window, now)
 
 
-def peek(key: str, limit: int, what: str) -> None:
-    """429 when ``key`` has already reached ``limit`` in the current window (counts nothing)."""
-    now = utcnow()
-    window = _window(now)
-    count = db.session.execute(
-        select(buckets.c.count).where(buckets.c.key == key[:255], buckets.c.window_start == window)).scalar()
-    if count is not None and count >= limit:
-        raise _refuse(limit, what, window, now)
+# --- login attempts: the client address and the failures it made ---------------------------------
+NEAREST_HOP_FACTOR = 10  # the backstop per nearest-hop address allows this many times the limit
 
 
-def client_address() -> str:
+@dataclass(frozen=True)
+class ClientAddress:
+    """Where a request comes from, as far as this deployment can tell.
+
+    ``address``: the client, ``CONTROL_PLANE_TRUSTED_PROXIES`` hops from the right of
+    ``X-Forwarded-For`` (Werkzeug's ``ProxyFix``, wired in ``cp.web.security``; with fewer
+    entries than that, or no trusted proxy, the connecting peer). Never the leftmost entry,
+    which any client can write.
+
+    ``nearest_hop``: with two or more trusted proxies, the rightmost entry too, which the
+    nearest proxy wrote (so no client can choose it). If more hops are configured than there
+    are proxies, ``address`` is client-controlled; the limit on ``nearest_hop`` (at
+    ``NEAREST_HOP_FACTOR`` times the limit) still stops a rotating ``X-Forwarded-For``."""
+
+    address: str
+    nearest_hop: str | None = None
+
+
+def client_address(environ, trusted_proxies: int) -> ClientAddress:
+    """The ``ClientAddress`` of a WSGI request (``environ`` as seen behind ``ProxyFix``)."""
+    address = environ.get("REMOTE_ADDR") or "unknown"
+    nearest = None
+    if trusted_proxies >= 2:
+        hops = [h.strip() for h in (environ.get("HTTP_X_FORWARDED_FOR") or "").split(",") if h.strip()]
+        nearest = hops[-1] if hops else None
+    return ClientAddress(address[:100], nearest[:100] if nearest and nearest != address else None)
+
+
+def count_failed_login(client: ClientAddress, limit: int) -> None:
+    """A wrong credential (login form or bearer token) from ``client``: counted, then 429
+    past ``limit`` in the window. Only failures are counted, and nothing is checked before a
+    credential is compared: a right one always gets in, whatever others sent from the same
+    address."""
+    refusals = []
+    keys = [(f"login:{client.address}", limit)]
+    if client.nearest_hop:
+        keys.append((f"login-hop:{client.nearest_hop}", limit * NEAREST_HOP_FACTOR))
+    for key, key_limit in keys:
+        count, window, now = _count(key)
+        if count > key_limit:
+            refusals.append(_refuse(key_limit, "failed login attempts", window, now))
+    if refusals:
+        raise max(refusals, key=lambda r: r.retry_after)
+
+
+def _request_address() -> str:
     return request.remote_addr or "unknown"
 
 
@@ -83,27 +131,8 @@ def _settings():
     return current_app.config["CP_SETTINGS"]
 
 
-def login_key() -> str:
-    return f"login:{client_address()}"
-
-
-def check_login_rate() -> None:
-    """One login attempt (the form): counted, then refused past the limit, before any compare."""
-    hit(login_key(), _settings().login_rate_limit, "login attempts")
-
-
-def check_bearer_allowed() -> None:
-    """Before a bearer token is compared: refused while the address is over the login limit."""
-    peek(login_key(), _settings().login_rate_limit, "login attempts")
-
-
-def count_failed_bearer() -> None:
-    """A wrong bearer token counts as a login attempt of its address."""
-    hit(login_key(), _settings().login_rate_limit, "login attempts")
-
-
 def agent_key(instance_id: str | None) -> str:
-    return f"agent:{instance_id}" if instance_id else f"agent-addr:{client_address()}"
+    return f"agent:{instance_id}" if instance_id else f"agent-addr:{_request_address()}"
 
 
 def count_agent_request(key: str) -> None:
