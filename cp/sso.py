@@ -12,12 +12,15 @@ Enabled when issuer, client id and client secret are all set.
 """
 from __future__ import annotations
 
+import requests
 from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.flask_client import OAuth
 from flask import Blueprint, current_app, redirect, request, session, url_for
+from joserfc.errors import JoseError
 
-from cp import auth, people
-from cp.errors import Forbidden, Invalid, NotFound
+from cp import audit, auth, people
+from cp.errors import Forbidden, Invalid, NotFound, Unavailable
+from cp.people import Actor
 
 bp = Blueprint("sso", __name__)
 EXTENSION = "cp_oidc"  # this app's Authlib registry, in app.extensions
@@ -25,8 +28,9 @@ CLIENT = "oidc"
 NEXT_KEY = "sso_next"
 
 
-def sso_person(claims: dict) -> people.User:
-    """The person the verified ID token's claims log in, or ``Forbidden``.
+def sso_person(claims: dict) -> tuple[people.User, bool]:
+    """The person the verified ID token's claims log in and whether they were just created
+    (flushed, not committed), or ``Forbidden``.
 
     ``email_verified`` must be true: an unverified address proves nothing about who it is.
     """
@@ -43,13 +47,13 @@ def sso_person(claims: dict) -> people.User:
     if person is not None:
         if not person.active:
             raise Forbidden("This account is deactivated.", code="account_deactivated")
-        return person
+        return person, False
     domain = address.rpartition("@")[2]
     if domain not in current_app.config["CP_SETTINGS"].oidc_auto_domains:
         raise Forbidden("No account here for this email; ask an admin to create one.",
                         code="sso_unknown_person")
     name = claims.get("name") if isinstance(claims.get("name"), str) else None
-    return people.create_person(email, name, "support", by="sso")
+    return people.create_person(address, name, "support", by="sso"), True
 
 
 def _client():
@@ -64,7 +68,13 @@ def start():
     client = _client()
     next_url = request.args.get("next")
     session[NEXT_KEY] = next_url if auth.is_safe_next(next_url) else "/"
-    return client.authorize_redirect(url_for("sso.callback", _external=True))
+    try:
+        return client.authorize_redirect(url_for("sso.callback", _external=True))
+    except requests.RequestException as exc:  # the discovery document could not be read
+        current_app.logger.warning("sso provider unreachable", extra={"event": "sso_failed",
+                                                                        "reason": type(exc).__name__})
+        raise Unavailable("The identity provider did not answer; please try again.",
+                          code="sso_provider_unavailable") from None
 
 
 @bp.get("/login/sso/callback")
@@ -72,11 +82,19 @@ def callback():
     client = _client()
     try:
         token = client.authorize_access_token()
-    except (AuthlibBaseError, ValueError) as exc:  # bad state, nonce, signature, or a refused code
+    except (AuthlibBaseError, JoseError, ValueError) as exc:  # state, nonce, signature, a refused code
         current_app.logger.info("sso refused", extra={"event": "sso_failed", "reason": type(exc).__name__})
         raise Forbidden("The sign-in could not be verified; please start again.",
                         code="sso_failed") from None
-    person = sso_person(token.get("userinfo") or {})
+    except requests.RequestException as exc:
+        current_app.logger.warning("sso provider unreachable", extra={"event": "sso_failed",
+                                                                        "reason": type(exc).__name__})
+        raise Unavailable("The identity provider did not answer; please try again.",
+                          code="sso_provider_unavailable") from None
+    person, created = sso_person(token.get("userinfo") or {})
+    if created:  # its audit entry commits with the person and the login
+        audit.add("user.create", actor=Actor.for_person(person, "sso"), source_ip=request.remote_addr,
+                  target_type="user", target_id=person.id, details={"via": "sso", "role": person.role})
     next_url = session.pop(NEXT_KEY, "/")
     auth.login_person(person, via="sso")
     return redirect(next_url if auth.is_safe_next(next_url) else "/", code=303)

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from cp import people
 from cp.extensions import db
-from cp.models import User
+from cp.models import AuditLog, User
 from tests.conftest import free_port
 
 CLIENT_ID = "control-plane"
@@ -128,6 +128,8 @@ def test_an_allowed_domain_creates_a_support_person(sso_app, sso_client, provide
     with sso_app.app_context():
         person = db.session.scalar(select(User).where(User.email == "newbie@auto.example"))
         assert person is not None and person.role == "support" and person.active
+        entry = db.session.scalar(select(AuditLog).where(AuditLog.action == "user.create"))
+        assert entry is not None and entry.actor == "newbie@auto.example" and entry.target_id == str(person.id)
 
 
 def test_a_subdomain_of_an_allowed_domain_is_not_allowed(sso_app, sso_client, provider):
@@ -182,7 +184,20 @@ def test_a_callback_without_a_started_sign_in_is_refused(sso_client):
     assert sso_client.get("/login/sso/callback?code=abc&state=def").status_code == 403
 
 
-def test_the_login_page_offers_sso_only_when_configured(sso_client, client):
-    assert "/login/sso" in sso_client.get("/login").get_data(as_text=True)
+def test_the_login_page_offers_sso_when_configured(sso_client):
+    assert 'href="/login/sso"' in sso_client.get("/login").get_data(as_text=True)
+
+
+def test_without_settings_there_is_no_sso(client):
     assert "/login/sso" not in client.get("/login").get_data(as_text=True)
     assert client.get("/login/sso").status_code == 404
+
+
+def test_an_unreachable_provider_is_a_503_not_a_500(make_app, env, monkeypatch):
+    monkeypatch.setenv("AUTHLIB_INSECURE_TRANSPORT", "1")
+    env.update({
+        "CONTROL_PLANE_OIDC_ISSUER": f"http://127.0.0.1:{free_port()}",
+        "CONTROL_PLANE_OIDC_CLIENT_ID": CLIENT_ID,
+        "CONTROL_PLANE_OIDC_CLIENT_SECRET": "provider-secret-for-tests",
+    })
+    assert make_app().test_client().get("/login/sso").status_code == 503
