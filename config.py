@@ -77,6 +77,23 @@ def _float_min(minimum: float) -> Callable[[str], float]:
     return parse
 
 
+def _opt_url(value: str) -> str | None:
+    value = value.strip()
+    if not value:
+        return None
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise ValueError("must be an http(s) URL such as https://login.example.com")
+    return value
+
+
+def _domains(value: str) -> frozenset[str]:
+    domains = frozenset(d.strip().lower() for d in value.split(",") if d.strip())
+    for d in domains:
+        if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", d):
+            raise ValueError(f"{d!r} is not a domain name such as example.com")
+    return domains
+
+
 def _agent_secrets(value: str) -> dict[str, str]:
     if value.strip() == "":
         return {}
@@ -208,6 +225,18 @@ SETTINGS: tuple[Setting, ...] = (
             "`1`: the session cookie carries the Secure flag (serve over HTTPS)."),
     Setting("CONTROL_PLANE_SESSION_HOURS", "session_hours", "12", _int_min(1),
             "Lifetime of a login session, in hours."),
+    Setting("CONTROL_PLANE_OIDC_ISSUER", "oidc_issuer", "", _opt_url,
+            "Single sign-on: the OpenID Connect issuer URL (its discovery document is "
+            "`<issuer>/.well-known/openid-configuration`). SSO is on when the issuer, the client id "
+            "and the client secret are all set; setting only some of them is an error."),
+    Setting("CONTROL_PLANE_OIDC_CLIENT_ID", "oidc_client_id", "", _opt_str,
+            "Single sign-on: this service's client id at the issuer."),
+    Setting("CONTROL_PLANE_OIDC_CLIENT_SECRET", "oidc_client_secret", "", _opt_str,
+            "Single sign-on: this service's client secret at the issuer.", secret=True),
+    Setting("CONTROL_PLANE_OIDC_AUTO_DOMAINS", "oidc_auto_domains", "", _domains,
+            "Comma-separated email domains (exact match, e.g. `example.com`) whose people may sign in "
+            "with SSO without an account: their first sign-in creates them with the `support` role. "
+            "Empty: only people an admin created may sign in."),
     Setting("CONTROL_PLANE_AGENT_SECRETS", "agent_secrets", "", _agent_secrets,
             'JSON object `{"instance_id": "secret"}`: per-installation HMAC secrets. A listed '
             "installation signs with its own secret only. Malformed JSON fails start-up.", secret=True),
@@ -304,6 +333,10 @@ class Settings:
         tokens = {"support": self.support_token, "ops": self.ops_token, "admin": self.admin_token}
         return {role: tok for role, tok in tokens.items() if tok}
 
+    def oidc_enabled(self) -> bool:
+        """Single sign-on is on when issuer, client id and client secret are all set."""
+        return bool(self.oidc_issuer and self.oidc_client_id and self.oidc_client_secret)
+
     def slo_limits(self) -> dict[str, float]:
         """SLO figure name -> limit, only for the SLOs that are checked."""
         limits = {
@@ -324,4 +357,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             values[s.attr] = s.parse(raw)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{s.env} is malformed: {exc}") from None
+    oidc = ("CONTROL_PLANE_OIDC_ISSUER", "CONTROL_PLANE_OIDC_CLIENT_ID", "CONTROL_PLANE_OIDC_CLIENT_SECRET")
+    missing = [name for name in oidc if not env.get(name, "").strip()]
+    if 0 < len(missing) < len(oidc):
+        raise ConfigError(f"single sign-on needs all of {', '.join(oidc)}; missing: {', '.join(missing)}")
     return Settings(values)
