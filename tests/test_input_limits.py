@@ -123,6 +123,13 @@ def test_the_session_time_zone_of_postgresql_cannot_break_reads(make_app, migrat
         assert reads_back(client, "far-001")["last_backup_at"] == value
 
 
+@pytest.mark.parametrize("figure", [1e308, 1.7976931348623157e308, 2**64, 1e-300])
+def test_the_largest_and_smallest_slo_figures_read_back(app, agent, support_pages, figure):
+    """Any number >= 0 is a valid figure: the page's charts scale to it."""
+    assert agent.heartbeat("acme-001", slo_p95_ms=figure, slo_error_rate=1e-300).status_code == 200
+    assert reads_back(support_pages, "acme-001")["slo_p95_ms"] == float(figure)
+
+
 def test_restore_schedule_refuses_a_time_outside_the_range(app, client, agent):
     assert agent.heartbeat("acme-001").status_code == 200
     for value in OUT_OF_RANGE:
@@ -180,6 +187,15 @@ def test_unstorable_text_is_422_naming_the_field(app, agent, payload, details):
     body = refused(post_signed(agent, "/api/heartbeats", {"instance_id": "acme-001", **payload}), 422,
                    "validation_error")
     assert body["details"] == details
+    assert stored(app) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("path", ["/api/heartbeats", "/api/updates/next", "/api/plugins/requests"])
+@pytest.mark.parametrize("instance_id", ["acme\ud800", "acme\x00", "acme-001\n"])
+def test_an_unstorable_instance_id_is_422_before_it_names_a_rate_limit_or_a_lock(app, agent, path, instance_id):
+    body = refused(post_signed(agent, path, {"instance_id": instance_id, "plugin": "payments"}), 422,
+                   "validation_error")
+    assert list(body["details"]) == ["instance_id"]
     assert stored(app) == (0, 0, 0)
 
 
