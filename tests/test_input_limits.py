@@ -211,6 +211,15 @@ def test_a_surrogate_encoded_as_utf8_bytes_is_not_json(app, agent):
     assert stored(app) == (0, 0, 0)
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32", "latin-1"])
+def test_a_body_that_is_not_utf8_is_not_json(app, agent, encoding):
+    refused(agent.raw("/api/heartbeats", '{"instance_id": "acme-001", "client": "Café"}'.encode(encoding)), 400,
+            "invalid_json")
+    assert stored(app) == (0, 0, 0)
+    # a UTF-8 byte order mark is tolerated (RFC 8259 lets a parser ignore it)
+    assert agent.raw("/api/heartbeats", b'\xef\xbb\xbf{"instance_id": "acme-001"}').status_code == 200
+
+
 def test_a_surrogate_pair_is_text_like_any_other(app, agent, support_pages):
     """``\\ud83d\\ude00`` is one character (an emoji): stored and shown."""
     resp = post_signed(agent, "/api/heartbeats", {"instance_id": "acme-001", "client": "Acme \U0001F600",

@@ -75,10 +75,11 @@ def _too_deep(data: Any, limit: int) -> bool:
 
 
 def decode_json(raw: bytes) -> Any:
-    """Strict JSON: UTF-8 only, no NaN or Infinity, nested at most ``MAX_JSON_DEPTH`` levels;
+    """Strict JSON: UTF-8 only (UTF-16 and -32 too are 400), no NaN or Infinity, nested at most ``MAX_JSON_DEPTH`` levels;
     400 ``invalid_json`` otherwise."""
     try:
-        text = raw.decode("utf-8")  # strict: json.loads(bytes) would let encoded surrogates through
+        # strict UTF-8 (a leading BOM aside): json.loads(bytes) would let encoded surrogates through
+        text = raw.decode("utf-8-sig")
         data = json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadRequest("The request body is not valid JSON.", code="invalid_json") from None
