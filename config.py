@@ -16,7 +16,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+# Matched with ``fullmatch`` (``$`` alone would let a final newline through); the anchors make
+# the pattern mean the same in the OpenAPI document.
 INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+INSTANCE_ID_HELP = "Must be 1-128 characters of [A-Za-z0-9._-]."
 
 
 class ConfigError(ValueError):
@@ -104,7 +107,7 @@ def _agent_secrets(value: str) -> dict[str, str]:
     if not isinstance(data, dict):
         raise ValueError('must be a JSON object {"instance_id": "secret", ...}')
     for key, secret in data.items():
-        if not INSTANCE_ID_RE.match(key):
+        if not INSTANCE_ID_RE.fullmatch(key):
             raise ValueError(f"key {key!r} is not a valid instance_id (1-128 chars of [A-Za-z0-9._-])")
         if not isinstance(secret, str) or secret == "":
             raise ValueError(f"the secret of {key!r} must be a non-empty string")

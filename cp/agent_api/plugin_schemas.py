@@ -6,17 +6,18 @@ from marshmallow import Schema, fields, validate
 
 from cp.web.parsing import DEFAULT_LIMIT, MAX_LIMIT
 from cp.models import PLUGIN_REQUEST_STATUSES
-from cp.delivery.plugins import MAX_REASON, PLUGIN_NAME_HELP, PLUGIN_NAME_RE
+from cp.delivery.plugins import MAX_REASON
 from cp.delivery.releases import MAX_VERSION_LEN
 from cp.web.fields import StrictInteger, UTCDateTime
 from cp.agent_api.schemas import AgentSchema
+from cp.api.plugin_schemas import plugin_field
 from cp.agent_api.update_schemas import UpdateJobSchema, UpdateNextSchema, UpdateReportSchema
 
 
 class PluginRequestCreateSchema(AgentSchema):
     """``{"instance_id", "plugin", "version"|null, "reason"}``; ``version`` null: the newest."""
 
-    plugin = fields.String(required=True, validate=validate.Regexp(PLUGIN_NAME_RE, error=PLUGIN_NAME_HELP))
+    plugin = plugin_field(required=True)
     version = fields.String(allow_none=True, load_default=None, validate=validate.Length(min=1, max=MAX_VERSION_LEN))
     reason = fields.String(allow_none=True, load_default=None, validate=validate.Length(max=MAX_REASON))
 

@@ -25,6 +25,7 @@ from typing import Callable, NamedTuple
 from flask import current_app, g, request
 from sqlalchemy import delete
 
+from config import INSTANCE_ID_RE
 from cp import signing
 from cp.dbutil import insert
 from cp.errors import BadRequest, Forbidden, Unauthorized
@@ -69,7 +70,7 @@ class _Mismatch(Unauthorized):
 
 
 class Signed(NamedTuple):
-    instance_id: str | None  # the body's ``instance_id``, when it is a string
+    instance_id: str | None  # the body's ``instance_id``, when it is a well-formed one
     data: dict | None  # the body, parsed once, when it is a JSON object
     nonce: str | None  # the signature, as a replay nonce, when the request is timestamped
 
@@ -80,7 +81,9 @@ def check_signature(raw: bytes, signature: str | None, timestamp: str | None) ->
     ``invalid_signature`` (raised, nothing logged)."""
     data = _json_object_or_none(raw)
     value = data.get("instance_id") if data is not None else None
-    instance_id = value if isinstance(value, str) else None
+    # only a well-formed id names an installation (its secret, rate-limit count and lock); any
+    # other value is checked against the shared token and then refused by the schema (422)
+    instance_id = value if isinstance(value, str) and INSTANCE_ID_RE.fullmatch(value) else None
     if timestamp is None and current_app.config["CP_SETTINGS"].require_agent_timestamp:
         raise _invalid(f"The {signing.TIMESTAMP_HEADER} header is required.")
     if timestamp is not None:

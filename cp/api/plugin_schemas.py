@@ -7,7 +7,7 @@ from marshmallow import Schema, fields, validate
 from cp.models import PLUGIN_REQUEST_STATUSES, ROLLOUT_STATUSES
 from cp.delivery.plugins import MAX_REASON, PLUGIN_NAME_HELP, PLUGIN_NAME_RE
 from cp.delivery.releases import MAX_VERSION_LEN
-from cp.web.fields import UTCDateTime
+from cp.web.fields import FullMatch, UTCDateTime
 from cp.api.rollout_schemas import (
     ReleaseCreateSchema,
     ReleaseItemSchema,
@@ -22,7 +22,7 @@ from cp.api.schemas import ListArgsSchema
 
 
 def plugin_field(**kw) -> fields.String:
-    return fields.String(validate=validate.Regexp(PLUGIN_NAME_RE, error=PLUGIN_NAME_HELP), **kw)
+    return fields.String(validate=FullMatch(PLUGIN_NAME_RE, error=PLUGIN_NAME_HELP), **kw)
 
 
 class PluginReleaseCreateSchema(ReleaseCreateSchema):

@@ -1,9 +1,9 @@
 """One schema per resource of the human API: query arguments (load) and items (dump)."""
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, Schema, fields, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate
 
-from cp.web.parsing import DEFAULT_LIMIT, MAX_LIMIT
+from cp.web.parsing import DEFAULT_LIMIT, MAX_LIMIT, text_errors
 from cp.models import ALERT_LEVELS, ALERT_SOURCES, HEALTH_VALUES
 from cp.web.fields import QueryBoolean, UTCDateTime
 
@@ -16,6 +16,14 @@ class ListArgsSchema(Schema):
 
     limit = fields.Integer(load_default=DEFAULT_LIMIT, validate=validate.Range(min=1))
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=2**31 - 1))
+
+    @pre_load
+    def _storable_text(self, data, **_kw):
+        """A filter the database cannot compare (``?q=%00``) names its argument (422)."""
+        errors = text_errors(data)
+        if errors:
+            raise ValidationError(errors)
+        return data
 
     def load(self, data, **kw):  # type: ignore[override]
         out = super().load(data, **kw)

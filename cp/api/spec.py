@@ -32,7 +32,9 @@ from apispec.yaml_utils import load_operations_from_docstring
 from flask import current_app, jsonify, render_template
 from marshmallow import Schema, fields
 
+from config import INSTANCE_ID_RE
 from cp import signing
+from cp.web.parsing import MAX_JSON_DEPTH
 from cp.web.errors import HTTP_CODES
 from cp.api import bp
 
@@ -42,22 +44,34 @@ RULE_ARG_RE = re.compile(r"<(?:(?P<converter>[a-zA-Z_][a-zA-Z0-9_]*)(?:\([^)]*\)
 CONVERTER_TYPES = {"int": {"type": "integer"}, "float": {"type": "number"}}
 
 ERROR_DESCRIPTIONS = {
-    400: "The body is not JSON or not a JSON object (`invalid_json`).",
+    400: f"The body is not UTF-8 JSON, not a JSON object, or nested deeper than {MAX_JSON_DEPTH} levels "
+         "(`invalid_json`).",
     401: "No or bad credentials.",
     403: "Your role does not allow this, or it belongs to another installation.",
     404: "Unknown id.",
     409: "Conflicts with the current state.",
     413: "The body is over CONTROL_PLANE_MAX_BODY_BYTES.",
     415: "A body that is not Content-Type: application/json.",
-    422: "Validation failed; `details` maps each field to its messages.",
+    422: "Validation failed; `details` maps each field to its messages (also text holding NUL or a lone "
+         "UTF-16 surrogate, and times outside years 1-9999 in UTC).",
     429: "Rate limited; retry after `Retry-After` seconds.",
     503: "The database is unavailable; retry shortly.",
 }
+
+INPUT_LIMITS = f"""\
+**Input limits.** A body is UTF-8 JSON nested at most {MAX_JSON_DEPTH} levels (the body object is
+level 1; deeper: 400). Text may not hold NUL (`\\u0000`) or a lone UTF-16 surrogate
+(`\\ud800`-`\\udfff`), in any field, nested ones included: 422 naming the field. Times are
+ISO 8601 with an offset and must fall within years 1-9999 once converted to UTC
+(`9999-12-31T23:59:59-14:00` is year 10000): 422. A `pattern` matches the whole value
+(`acme-001` followed by a newline is refused)."""
 
 DESCRIPTION = """\
 The control plane's HTTP API. Every error is `{"error": "<snake_case_code>", "message": "...",
 "details": {...}}`. Lists take `limit` (default 50, max 500) and `offset` and return
 `{"items": [...], "total": N}`, newest first.
+
+{input_limits}
 
 **People** (`support` < `ops` < `admin`) send `Authorization: Bearer <token>`: a personal token
 (`/api/tokens`; the person's current role) or a role token (attributed to the role name); or the
@@ -70,7 +84,7 @@ CONTROL_PLANE_AGENT_TOKEN. With the optional `x-agent-timestamp: <unix seconds>`
 signed bytes are `timestamp + "." + body`; such a request is refused when it is more than 5
 minutes off the server's clock or was already received (replay). Agent requests are limited per
 installation (CONTROL_PLANE_AGENT_RATE_LIMIT per minute, 429 with `Retry-After`).
-"""
+""".replace("{input_limits}", INPUT_LIMITS)
 
 
 class ErrorSchema(Schema):
@@ -153,7 +167,7 @@ def _complete(op: dict, view, method: str, endpoint: str, path_params: list[dict
         if not has_body:
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": ["instance_id"],
-                "properties": {"instance_id": {"type": "string", "pattern": r"^[A-Za-z0-9._-]{1,128}$"}}}}}}
+                "properties": {"instance_id": {"type": "string", "pattern": INSTANCE_ID_RE.pattern}}}}}}
     elif auth.startswith("role:"):
         role = auth.split(":", 1)[1]
         op["security"] = [{"bearerAuth": []}, {"sessionCookie": []}]

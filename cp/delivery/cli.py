@@ -24,7 +24,7 @@ releases_group = click.Group("releases", help="Sign release manifests.")
 
 
 def _key_id(value: str) -> str:
-    if not KEY_ID_RE.match(value):
+    if not KEY_ID_RE.fullmatch(value):
         raise click.BadParameter("1-128 characters of [A-Za-z0-9._-]")
     return value
 

@@ -70,7 +70,7 @@ inst_t = Installation.__table__
 
 
 def is_plugin_name(value: Any) -> bool:
-    return isinstance(value, str) and PLUGIN_NAME_RE.match(value) is not None
+    return isinstance(value, str) and PLUGIN_NAME_RE.fullmatch(value) is not None
 
 
 def check_plugin_name(value: Any) -> str:

@@ -82,7 +82,7 @@ def parse_version(value: str | None) -> SemVer | None:
 def _parse(value: str) -> SemVer | None:
     # a fleet runs a handful of versions: a rollout over 100,000 installations compares each
     # target's version with the release's (SemVer is immutable, so a cached one can be shared)
-    m = SEMVER_RE.match(value)
+    m = SEMVER_RE.fullmatch(value)
     if m is None:
         return None
     major, minor, patch, pre, build = m.groups()

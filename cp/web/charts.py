@@ -65,10 +65,11 @@ def nice_max(value: float) -> float:
         return 1.0
     exp = math.floor(math.log10(value))
     for step in (1, 2, 2.5, 5, 10):
-        top = step * 10 ** exp
+        # floats throughout: an int 10 ** 308 would not divide a float (any figure >= 0 is valid)
+        top = step * 10.0 ** exp
         if top >= value * 0.999999:
-            return top
-    return 10 ** (exp + 1)
+            return top if math.isfinite(top) else value
+    return value
 
 
 def _time_label(at: datetime, span: timedelta) -> str:

@@ -5,6 +5,7 @@ Handlers stay thin: ``body = load_json(Schema())`` then call the domain, then ``
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from flask import request
@@ -46,34 +47,93 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
+# --- limits of what a JSON body may hold (docs/security.md, "Input limits") ----------------
+MAX_JSON_DEPTH = 64  # the body object is level 1; each object or array inside it one more
+NUL_MESSAGE = "Text may not contain NUL (\\u0000) characters."
+SURROGATE_MESSAGE = "Text may not contain a lone UTF-16 surrogate (\\ud800-\\udfff)."
+# Text the database cannot store: NUL (PostgreSQL refuses it), lone surrogates (not encodable
+# as UTF-8). In a body decoded as strict UTF-8 both can only come from an escape (backslash,
+# u, 0000 or d800-dfff), which is what the cheap pre-check looks for in the raw bytes; the walk
+# over the body runs only when one is present.
+_BAD_TEXT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _too_deep(data: Any, limit: int) -> bool:
+    """Whether ``data`` nests objects/arrays more than ``limit`` levels (iterative: no recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((item, depth + 1) for item in value if isinstance(item, (dict, list)))
     return False
 
 
 def decode_json(raw: bytes) -> Any:
-    """Strict JSON (NaN and Infinity are not JSON); 400 ``invalid_json`` otherwise."""
+    """Strict JSON: UTF-8 only (UTF-16 and -32 too are 400), no NaN or Infinity, nested at most ``MAX_JSON_DEPTH`` levels;
+    400 ``invalid_json`` otherwise."""
     try:
-        return json.loads(raw, parse_constant=_refuse_constant)
+        # strict UTF-8 (a leading BOM aside): json.loads(bytes) would let encoded surrogates through
+        text = raw.decode("utf-8-sig")
+        data = json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadRequest("The request body is not valid JSON.", code="invalid_json") from None
+    # an object or array opens with a bracket: with few of them the walk cannot find too many
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _too_deep(data, MAX_JSON_DEPTH):
+        raise BadRequest(f"The request body is nested deeper than {MAX_JSON_DEPTH} levels.", code="invalid_json",
+                         details={"max_depth": MAX_JSON_DEPTH})
+    return data
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored as text, or None."""
+    if "\x00" in value:
+        return NUL_MESSAGE
+    if _LONE_SURROGATE.search(value):
+        return SURROGATE_MESSAGE
+    return None
+
+
+def text_errors(value: Any) -> Any:
+    """The text in ``value`` that cannot be stored, as marshmallow reports errors (field ->
+    messages, nested objects and list indexes as nested maps), or None when there is none.
+    A field name that cannot be stored is reported under its escaped form."""
+    if isinstance(value, str):
+        problem = text_problem(value)
+        return [problem] if problem else None
+    if isinstance(value, dict):
+        errors = {}
+        for key, item in value.items():
+            problem = text_problem(key) if isinstance(key, str) else None
+            sub = [problem] if problem else text_errors(item)
+            if sub:
+                errors[ascii(key)[1:-1] if problem else key] = sub
+        return errors or None
+    if isinstance(value, list):
+        errors = {i: sub for i, item in enumerate(value) if (sub := text_errors(item))}
+        return errors or None
+    return None
+
+
+def check_text(data: dict) -> None:
+    """422 naming each field whose text cannot be stored (``text_errors``)."""
+    errors = text_errors(data)
+    if errors:
+        raise Invalid("The request failed validation.", details=errors)
 
 
 def check_object(data: Any, raw: bytes) -> dict:
-    """The decoded body must be an object (400); text with a NUL character, which PostgreSQL
-    cannot store, is a 422 naming the field."""
+    """The decoded body must be an object (400); text that cannot be stored (NUL characters,
+    lone surrogates) is a 422 naming the field."""
     if not isinstance(data, dict):
         raise BadRequest("The request body must be a JSON object.", code="invalid_json")
-    if b"\\u0000" in raw:  # cheap pre-check; the walk runs only when an escape is present
-        bad = {str(k): ["Text may not contain NUL (\\u0000) characters."]
-               for k, v in data.items() if _has_nul(k) or _has_nul(v)}
-        if bad:
-            raise Invalid("The request failed validation.", details=bad)
+    if _BAD_TEXT_ESCAPE.search(raw):
+        check_text(data)
     return data
 
 
