@@ -5,10 +5,14 @@ from __future__ import annotations
 import re
 
 import pytest
+import requests
 import sqlalchemy as sa
 
+from cp.agent_client import AgentClient
 from tests.browser.conftest import STALE_ID, save_screenshot
+from tests.conftest import AGENT_TOKEN, TOKENS
 from tests.panel_seed import XSS
+from tests.plugin_helpers import plugin_body
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
 
@@ -157,10 +161,6 @@ def test_admin_advances_a_rollout(session_as, panel):
 
 def test_dangerous_row_buttons_ask_for_confirmation(session_as, panel):
     """Cancelling a rollout from its row asks first; dismissing the question changes nothing."""
-    import requests
-
-    from tests.conftest import TOKENS
-
     resp = requests.post(panel.url + "/api/rollouts", json={"release": "1.3.0", "channel": "beta", "batch_size": 1},
                          headers={"Authorization": f"Bearer {TOKENS['admin']}"}, timeout=10)
     assert resp.status_code == 201, resp.text
@@ -276,12 +276,6 @@ def test_installation_page_screenshot(session_as):
 def test_admin_approves_a_plugin_request(session_as, panel, db_engine):
     """Bulk approve on the Plugin requests screen asks first, then creates the install job
     that the agent sees as pending.plugin."""
-    import requests
-
-    from cp.agent_client import AgentClient
-    from tests.conftest import AGENT_TOKEN, TOKENS
-    from tests.test_plugins import plugin_body
-
     resp = requests.post(panel.url + "/api/plugins/releases", json=plugin_body("payments", "2.0.0"),
                          headers={"Authorization": f"Bearer {TOKENS['admin']}"}, timeout=10)
     assert resp.status_code == 201, resp.text
