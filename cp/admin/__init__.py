@@ -19,6 +19,21 @@ from cp.admin.base import SecureIndexView
 AREAS = (fleet, rollouts, restores, plugins, outbox, audit)  # each registers its screens, in menu order
 
 
+class Panel(Admin):
+    """The panel, with its own index of the screens by endpoint (``view_for``)."""
+
+    def __init__(self, *args, **kwargs):
+        self.screens: dict[str, object] = {}
+        super().__init__(*args, **kwargs)
+
+    def add_view(self, view) -> None:
+        super().add_view(view)
+        self.screens[view.endpoint] = view
+
+    def view_for(self, endpoint: str):
+        return self.screens.get(endpoint)
+
+
 class IndexView(SecureIndexView):
     @expose("/")
     def index(self):
@@ -28,13 +43,13 @@ class IndexView(SecureIndexView):
     def list_url(self, endpoint: str, **filters: str) -> str | None:
         """URL of an admin list with filters given by their names (``Status="open"``), or
         None when that screen does not exist or the current role may not see it."""
-        view = next((v for v in self.admin._views if getattr(v, "endpoint", None) == endpoint), None)
+        view = self.admin.view_for(endpoint)
         if view is None or not view.is_accessible():
             return None
         args = {}
         for pos, (name, value) in enumerate(filters.items()):
             label = name.replace("_", " ")
-            for idx, flt in enumerate(getattr(view, "_filters", None) or []):
+            for idx, flt in enumerate(view.get_filters() or []):
                 if flt.name == label and str(flt.operation()) in ("equals", "is"):
                     args[f"flt{pos}_{view.get_filter_arg(idx, flt)}"] = value
                     break
@@ -43,7 +58,7 @@ class IndexView(SecureIndexView):
 
 def init_app(app) -> None:
     theme = Bootstrap4Theme(base_template="admin/cp_base.html", swatch="cerulean", fluid=True)
-    admin = Admin(app, name="control-plane", url="/admin", theme=theme,
+    admin = Panel(app, name="control-plane", url="/admin", theme=theme,
                   index_view=IndexView(url="/admin", name="Dashboard"),
                   csp_nonce_generator=csp_nonce)  # its inline scripts carry the CSP nonce (cp.web.security)
     for area in AREAS:
