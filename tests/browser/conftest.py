@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from playwright.sync_api import sync_playwright
 
 from cp.agent_client import AgentClient
-from cp.cli import demo_heartbeats
+from cp.demo import demo_heartbeats
 from tests.conftest import AGENT_SECRETS, AGENT_TOKEN, ROOT, TOKENS, LiveServer, base_env, empty_tables, worker_id
 from tests.panel_seed import FLEET
 from tests.rollout_helpers import RELEASE_KEYS, release_body
