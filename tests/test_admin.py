@@ -84,7 +84,7 @@ def test_every_registered_screen_follows_its_required_role(app, client, fleet):
     """Every screen registered by any area (incl. the rollouts/restores/plugins/outbox ones):
     anonymous -> login, below its required_role -> 403 and absent from the menu, else 200."""
     admin = app.extensions["admin"][0]
-    views = [v for v in admin._views if getattr(v, "required_role", None)]
+    views = [v for v in admin.screens.values() if getattr(v, "required_role", None)]
     assert {"installations", "alerts", "job_failures", "audit_log"} <= {v.endpoint for v in views}
     with app.test_request_context():
         from flask import url_for
@@ -211,7 +211,7 @@ def test_bad_row_ids_are_refused(app, client, fleet):
 def test_dangerous_actions_ask_for_confirmation(app, client, fleet):
     """Every bulk action of every screen has a confirmation, except the harmless ones."""
     admin = app.extensions["admin"][0]
-    for view in admin._views:
+    for view in admin.screens.values():
         for name, (_, _, confirmation) in getattr(view, "_actions_data", {}).items():
             if name in getattr(view, "unconfirmed_actions", ()):
                 continue
