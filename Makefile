@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
+# pytest-xdist workers for `make test` (one per core with `auto`; 0 runs everything in this process).
+# Tests of one module stay on one worker (--dist loadfile): a module's server and seed are built once.
+TEST_WORKERS ?= auto
 
 .PHONY: install run test test-sqlite bench cluster cluster-bench clean
 
@@ -19,9 +22,10 @@ install: $(BIN)/flask
 run: install
 	@PATH="$(BIN):$$PATH" HOST=$(HOST) PORT=$(PORT) sh scripts/run-demo.sh
 
-# The test suite: PostgreSQL when CONTROL_PLANE_TEST_DATABASE_URL is set (CI), else SQLite.
+# The test suite: PostgreSQL when CONTROL_PLANE_TEST_DATABASE_URL is set (CI), else SQLite; in
+# parallel (each worker has its own database), TEST_WORKERS=0 for one process.
 test: install
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -1,6 +1,8 @@
 #!/bin/sh
-# Serve the control plane on the embedded SQLite database with a demo fleet.
-# Generates this session's role tokens and agent token unless they are already set.
+# Serve the control plane on the embedded SQLite database with a demo (cp/demo.py): a fleet,
+# signed releases and a rollout in progress, plugins, restores, triage, webhook deliveries.
+# Generates this session's role tokens and agent token unless they are already set, and a
+# demo release key (instance/demo.key) whose public key the server trusts.
 set -eu
 export CONTROL_PLANE_SUPPORT_TOKEN="${CONTROL_PLANE_SUPPORT_TOKEN:-$(flask --app cp gen-token)}"
 export CONTROL_PLANE_OPS_TOKEN="${CONTROL_PLANE_OPS_TOKEN:-$(flask --app cp gen-token)}"
@@ -10,15 +12,24 @@ export CONTROL_PLANE_LOG_FORMAT="${CONTROL_PLANE_LOG_FORMAT:-text}"
 HOST="${HOST:-127.0.0.1}"
 PORT="${PORT:-5000}"
 
-flask --app cp db upgrade
-CONTROL_PLANE_LOG_LEVEL=WARNING flask --app cp seed-demo
-
-WORKER_PID=""
-if flask --app cp --help 2>/dev/null | grep -q '^  worker'; then
-  flask --app cp worker &
-  WORKER_PID=$!
+mkdir -p instance
+if [ ! -f instance/demo.key ]; then
+  flask --app cp keys generate --key-id demo --out instance/demo.key > instance/demo-release-keys.env 2>/dev/null
 fi
-trap '[ -n "$WORKER_PID" ] && kill "$WORKER_PID" 2>/dev/null || true' EXIT INT TERM
+. ./instance/demo-release-keys.env
+export CONTROL_PLANE_RELEASE_KEYS
+# the alerts' webhook deliveries go to a local sink that accepts them (the outbox screen)
+WEBHOOK_PORT="${WEBHOOK_PORT:-$((PORT + 1))}"
+export CONTROL_PLANE_ALERT_WEBHOOK_URL="${CONTROL_PLANE_ALERT_WEBHOOK_URL:-http://127.0.0.1:$WEBHOOK_PORT/hook}"
+
+flask --app cp db upgrade
+CONTROL_PLANE_LOG_LEVEL=WARNING flask --app cp demo --key instance/demo.key
+
+flask --app cp demo-webhook-sink --port "$WEBHOOK_PORT" &
+SINK_PID=$!
+flask --app cp worker &
+WORKER_PID=$!
+trap 'kill "$WORKER_PID" "$SINK_PID" 2>/dev/null || true' EXIT INT TERM
 
 cat <<MSG
 

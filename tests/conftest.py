@@ -1,7 +1,8 @@
-"""Shared fixtures: a fresh database per test session (PostgreSQL when
-``CONTROL_PLANE_TEST_DATABASE_URL`` is set, else SQLite), migrated with Alembic once; every
-test starts from empty tables; ``app``, ``client``, ``runner`` as in the Flask tutorial, plus
-signed agent requests, role logins and a live gunicorn server.
+"""Shared fixtures: a fresh database per test process (PostgreSQL when
+``CONTROL_PLANE_TEST_DATABASE_URL`` is set, else SQLite; with pytest-xdist each worker has its
+own), migrated with Alembic once; every test starts from empty tables; ``app``, ``client``,
+``runner`` as in the Flask tutorial, plus signed agent requests, role logins, a live gunicorn
+server and ``wait_until`` (poll for a condition instead of sleeping).
 
 ``CONTROL_PLANE_TEST_PGBOUNCER=1`` (with a PostgreSQL URL) runs the suite through a PgBouncer in
 transaction pooling mode started for the session (``bench.cluster.PgBouncer``), with
@@ -15,19 +16,25 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import requests
 import sqlalchemy as sa
+from flask_migrate import upgrade
 from sqlalchemy.engine import make_url
 
 from bench.cluster import PgBouncer
 from cp import create_app
 from cp.agent_client import build_request
 from cp.extensions import db
+from cp.signing import sign
 from cp.timeutil import set_clock
+from tests.webhook_receiver import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENS = {  # role tokens need at least 32 characters
@@ -72,9 +79,27 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.postgres_only)
 
 
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy, and return that (None after
+    ``timeout`` seconds: a bound on waiting, not an assertion of speed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value or None
+        time.sleep(interval)
+
+
 # --- the database ---------------------------------------------------------------------------
+def worker_id() -> str:
+    """``gw0``, ``gw1``... under pytest-xdist, ``main`` in a single process."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory):
+    """A database of this test process alone: a file in the worker's own temporary directory
+    (SQLite), or a database created for it on the server and dropped after (PostgreSQL)."""
     server = os.environ.get("CONTROL_PLANE_TEST_DATABASE_URL")
     if not server or server == "sqlite":
         if not server and os.environ.get("CI") == "true":
@@ -83,7 +108,7 @@ def database_url(tmp_path_factory):
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
         return
     url = make_url(server)
-    name = f"cp_test_{uuid.uuid4().hex[:12]}"
+    name = f"cp_test_{worker_id()}_{uuid.uuid4().hex[:12]}"
     admin_engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
     with admin_engine.connect() as conn:  # fails loudly when PostgreSQL is not there
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
@@ -109,8 +134,6 @@ def instance_path(tmp_path_factory):
 @pytest.fixture(scope="session")
 def migrated(database_url, instance_path):
     """Run the Alembic migrations once: the only way the schema is created."""
-    from flask_migrate import upgrade
-
     app = create_app(base_env(database_url, instance_path))
     with app.app_context():
         upgrade()
@@ -183,8 +206,6 @@ def runner(app):
 @pytest.fixture
 def clock():
     """A controllable clock for the domain code (``cp.timeutil.utcnow``)."""
-    from datetime import datetime, timedelta, timezone
-
     class Clock:
         def __init__(self):
             self.now = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
@@ -221,8 +242,6 @@ class Agent:
 
     def raw(self, path: str, body: bytes, *, secret: str | None = AGENT_TOKEN,
             content_type: str = "application/json", signature: str | None = None):
-        from cp.signing import sign
-
         headers = {"Content-Type": content_type}
         if signature is not None:
             headers["x-agent-signature"] = signature
@@ -282,8 +301,6 @@ class LiveServer:
     pipe, which would block the server once it fills)."""
 
     def __init__(self, env: dict[str, str], workers: int = 2, log_path: Path | None = None):
-        import tempfile
-
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
@@ -292,8 +309,6 @@ class LiveServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "LiveServer":
-        import requests
-
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -344,8 +359,6 @@ def postgres_only(migrated):
 def webhook_receiver():
     """A real HTTP receiver on 127.0.0.1 that can answer 200, fail, hang and recover
     (``tests/webhook_receiver.py``)."""
-    from tests.webhook_receiver import Receiver
-
     receiver = Receiver().start()
     yield receiver
     receiver.stop()

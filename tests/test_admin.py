@@ -3,14 +3,19 @@ form, audit of every mutation, fleet-scale list behaviour (filters, search, capp
 escaping of agent-supplied text, and the dashboard."""
 from __future__ import annotations
 
+import inspect
 import re
 
+import flask_admin
 import pytest
+from flask_admin import Admin
+from flask_admin.contrib.sqla import ModelView
 from sqlalchemy import select
 
+from cp.admin import Panel
 from cp.extensions import db
 from cp.models import Alert, AuditLog, Installation, JobFailure
-from tests.conftest import csrf_token_from, login
+from tests.conftest import ROOT, csrf_token_from, login
 from tests.panel_seed import XSS, XSS_ESCAPED, seed
 
 ROLES = ("support", "ops", "admin")
@@ -79,7 +84,7 @@ def test_every_registered_screen_follows_its_required_role(app, client, fleet):
     """Every screen registered by any area (incl. the rollouts/restores/plugins/outbox ones):
     anonymous -> login, below its required_role -> 403 and absent from the menu, else 200."""
     admin = app.extensions["admin"][0]
-    views = [v for v in admin._views if getattr(v, "required_role", None)]
+    views = [v for v in admin.screens.values() if getattr(v, "required_role", None)]
     assert {"installations", "alerts", "job_failures", "audit_log"} <= {v.endpoint for v in views}
     with app.test_request_context():
         from flask import url_for
@@ -206,7 +211,7 @@ def test_bad_row_ids_are_refused(app, client, fleet):
 def test_dangerous_actions_ask_for_confirmation(app, client, fleet):
     """Every bulk action of every screen has a confirmation, except the harmless ones."""
     admin = app.extensions["admin"][0]
-    for view in admin._views:
+    for view in admin.screens.values():
         for name, (_, _, confirmation) in getattr(view, "_actions_data", {}).items():
             if name in getattr(view, "unconfirmed_actions", ()):
                 continue
@@ -507,3 +512,43 @@ def test_dashboard_lists_rollouts_restores_and_plugin_requests(app, client, agen
     assert re.search(r'id="pending-requests">1<', html)
     assert "payments" in html.split("cp-requests", 1)[1]
     assert "1 failed restore verification(s)" in html
+
+
+# The Flask-Admin hooks cp.admin overrides or calls, with their parameters. All are public; if an
+# upgrade renames one or changes what it takes, this fails first: read the release notes, then
+# adjust cp/admin/base.py and cp/admin/__init__.py.
+FLASK_ADMIN_HOOKS = {
+    "get_list": ["self", "page", "sort_column", "sort_desc", "search", "filters", "execute", "page_size"],
+    "get_query": ["self"],
+    "get_count_query": ["self"],
+    "get_actions_list": ["self"],
+    "is_action_allowed": ["self", "name"],
+    "handle_action": ["self", "return_view"],
+    "create_blueprint": ["self", "admin"],
+    "is_accessible": ["self"],
+    "inaccessible_callback": ["self", "name", "kwargs"],
+    "search_placeholder": ["self"],
+    "init_search": ["self"],
+    "get_filters": ["self"],
+    "get_filter_arg": ["self", "index", "flt"],
+}
+
+
+def test_the_flask_admin_hooks_we_rely_on(app):
+    assert flask_admin.__version__.split(".")[0] == "2", flask_admin.__version__
+    for name, params in FLASK_ADMIN_HOOKS.items():
+        assert list(inspect.signature(getattr(ModelView, name)).parameters) == params, name
+    assert list(inspect.signature(Admin.add_view).parameters) == ["self", "view"]
+    # the panel's own index of its screens, and a blueprint hook on every model screen
+    panel = next(a for a in app.extensions["admin"] if isinstance(a, Panel))
+    assert panel.view_for("alerts").endpoint == "alerts"
+    assert app.before_request_funcs.get("alerts")
+
+
+def test_no_private_flask_admin_names_in_the_panel():
+    """``_underscore`` names of Flask-Admin are not used anywhere in cp/admin/."""
+    for path in (ROOT / "cp" / "admin").glob("*.py"):
+        text = path.read_text()
+        for private in ("_handle_view", "_actions_data", "_apply_search", "_get_deprecated_session", "._views",
+                        "._filters", "_auto_joins", "flask_admin.contrib.sqla._compat"):
+            assert private not in text, (path.name, private)

@@ -31,8 +31,8 @@ from cp.agent_client import AgentClient, build_request
 from cp.extensions import db
 from cp.models import OutboxEvent
 from cp.timeutil import set_clock, utcnow
-from tests.conftest import AGENT_TOKEN, ROOT, TOKENS, LiveServer, bearer
-from tests.test_fuzz import inconsistencies
+from tests.conftest import AGENT_TOKEN, ROOT, TOKENS, LiveServer, bearer, wait_until
+from tests.consistency import inconsistencies
 
 pytestmark = pytest.mark.live
 
@@ -116,17 +116,6 @@ class CuttableProxy:
         self.listener.close()
 
 
-def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1):
-    """Poll ``predicate`` until it returns something truthy (a bound on waiting, not an assertion of speed)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return None
-
-
 def assert_contract_503(resp) -> None:
     assert resp.status_code == 503, (resp.status_code, resp.text[:300])
     body = resp.json()
@@ -186,7 +175,12 @@ def test_database_unreachable_mid_load_then_back(postgres_only, env, app, db_eng
         assert page.status_code == 200
         login = requests.post(server.url + "/login", data={"token": TOKENS["admin"]}, timeout=30)
         assert login.status_code in (400, 503) and "Traceback" not in login.text
-        time.sleep(0.5)  # the load keeps hitting the cut database for a moment
+        def sent_total() -> int:
+            with lock:
+                return sum(len(st) for st in sent.values())
+
+        hits = sent_total()  # the load keeps hitting the cut database for a while
+        assert wait_until(lambda: sent_total() >= hits + 4), sent
         with lock:
             during = [s for st in sent.values() for s in st]
         assert 500 not in during, during

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from cp.models import Installation, InstallationPlugin, Job, PluginRequest, Rollout
 from tests.conftest import bearer
 from tests.rollout_helpers import admin_post, agent_for, beat, env, parallel, query, server  # noqa: F401  (fixtures)
-from tests.test_plugins import ask_ok, publish_plugin
+from tests.plugin_helpers import ask_ok, publish_plugin
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.live]
 

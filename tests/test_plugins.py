@@ -20,39 +20,13 @@ from tests.rollout_helpers import (  # noqa: F401  (env is a fixture)
     publish,
     release_body,
 )
+from tests.plugin_helpers import ask, ask_ok, plugin_body, publish_plugin
 
 XSS = "<script>alert(1)</script>"
 CONTRACT_ROLLOUT_KEYS = {"id", "release", "channel", "batch_size", "status", "current_batch", "batches", "targets"}
 
 
 # --- helpers ----------------------------------------------------------------------------------
-def plugin_body(plugin: str, version: str, manifest: dict | None = None, key=KEY, key_id: str = "k1") -> dict:
-    manifest = manifest if manifest is not None else {
-        "plugin": plugin, "version": version, "artifact": f"https://dl.example.com/{plugin}-{version}.zip",
-        "sha256": "cd" * 32}
-    from cp.delivery.releases import sign_manifest
-
-    return {"plugin": plugin, "version": version, "manifest": manifest, "signature": sign_manifest(key, manifest),
-            "key_id": key_id}
-
-
-def publish_plugin(client, plugin: str, version: str, **kw) -> dict:
-    resp = client.post("/api/plugins/releases", json=plugin_body(plugin, version, **kw), headers=bearer("admin"))
-    assert resp.status_code == 201, resp.get_data(as_text=True)
-    return resp.get_json()
-
-
-def ask(agent, instance_id: str, plugin: str, version: str | None = None, reason: str | None = None):
-    return agent.post("/api/plugins/requests",
-                      {"instance_id": instance_id, "plugin": plugin, "version": version, "reason": reason})
-
-
-def ask_ok(agent, instance_id: str, plugin: str, version: str | None = None, reason: str | None = None) -> dict:
-    resp = ask(agent, instance_id, plugin, version, reason)
-    assert resp.status_code == 201, resp.get_data(as_text=True)
-    return resp.get_json()
-
-
 def approve(client, request_id: int, role: str = "admin", body: dict | None = None):
     return client.post(f"/api/plugins/requests/{request_id}/approve", json=body or {}, headers=bearer(role))
 

@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 from cp.agent_client import AgentClient, build_request
 from cp.extensions import db
 from cp.models import Installation, RateLimitBucket
-from tests.conftest import AGENT_TOKEN, TOKENS, LiveServer, bearer, csrf_token_from
+from cp.web.limits import WINDOW_SECONDS
+from tests.conftest import AGENT_TOKEN, TOKENS, LiveServer, bearer, csrf_token_from, wait_until
 
 
 def _login_attempt(client, token: str, addr: str = "10.0.0.1"):
@@ -239,11 +240,10 @@ def _served_by(log: Path) -> dict[str, int]:
 def _early_in_a_window(needed_seconds: float = 30) -> None:
     """Wait, if need be, for a fresh one-minute window (``cp.web.limits.WINDOW_SECONDS``): counts
     restart when a window begins, so a test that crossed a boundary would see its limit twice."""
-    from cp.web.limits import WINDOW_SECONDS
+    def early() -> bool:
+        return WINDOW_SECONDS - time.time() % WINDOW_SECONDS >= needed_seconds
 
-    left = WINDOW_SECONDS - time.time() % WINDOW_SECONDS
-    if left < needed_seconds:
-        time.sleep(left + 0.2)
+    assert wait_until(early, timeout=WINDOW_SECONDS, interval=0.2)
 
 
 def test_limits_hold_across_two_gunicorn_workers(env, app, tmp_path):

@@ -107,7 +107,7 @@ def test_admin_pages_run_under_the_csp(client, agent):
     agent.heartbeat("acme-001", alerts=[{"level": "warning", "message": "Low disk"}])
     login(client, "admin")
     admin = client.application.extensions["admin"][0]
-    screens = sorted({view.url.rstrip("/") + "/" for view in admin._views})  # every screen, also later ones
+    screens = sorted({view.url.rstrip("/") + "/" for view in admin.screens.values()})  # every screen, also later ones
     assert "/admin/alerts/" in screens
     for path in [*screens, "/admin/installations/edit/?id=1", "/admin/alerts/details/?id=1"]:
         resp = client.get(path)
@@ -128,7 +128,7 @@ def test_no_admin_screen_uses_modal_forms(app):
     """A modal's HTML comes from another request, so its inline script carries that request's
     nonce and the CSP of the page refuses it: the panel's forms are full pages."""
     admin = app.extensions["admin"][0]
-    for view in admin._views:
+    for view in admin.screens.values():
         for flag in ("create_modal", "edit_modal", "details_modal"):
             assert not getattr(view, flag, False), f"{view.endpoint}.{flag} would not work under the CSP"
 

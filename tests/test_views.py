@@ -27,7 +27,7 @@ def fleet(agent):
 
 def listed(client, **params) -> list[str]:
     html = client.get("/", query_string=params).get_data(as_text=True)
-    table = html.split('<table class="fleet">', 1)[1].split("</table>", 1)[0]
+    table = html.split('<table class="fleet ', 1)[1].split("</table>", 1)[0]
     return re.findall(r'href="/installations/([^"]+)"', table)
 
 

@@ -6,14 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from sqlalchemy import select
 
 from cp.extensions import db
 from cp.models import OutboxEvent
-from tests.conftest import ROOT, Agent
+from tests.conftest import ROOT, Agent, wait_until
 
 WEBHOOK_TOKEN = "worker-webhook-token-123"
 
@@ -88,8 +87,8 @@ def test_sigterm_mid_delivery_finishes_the_event_and_loses_nothing(make_app, env
     assert webhook_receiver.hanging.wait(30), worker.output()
 
     worker.proc.send_signal(signal.SIGTERM)  # while the first event is in flight
-    time.sleep(0.3)
-    assert worker.proc.poll() is None  # it does not drop the delivery in flight
+    assert wait_until(lambda: "worker stopping" in worker.output()), worker.output()
+    assert worker.proc.poll() is None  # it heard the signal, yet does not drop the delivery in flight
     webhook_receiver.set_mode("ok")
     webhook_receiver.release()
     assert worker.wait(30) == 0, worker.output()

@@ -18,6 +18,13 @@
   and the app-wide ``CSRFProtect`` refuses any POST without a valid one (400) before a view runs.
 - ``count_cap``: list totals are counted up to this many rows only ("10000+"), so a list over a
   million rows never pays for a full ``count(*)``.
+
+Only Flask-Admin's public hooks are used: ``is_accessible`` / ``inaccessible_callback``,
+``create_blueprint`` (the per-operation refusals run as the blueprint's ``before_request``),
+``get_actions_list`` / ``is_action_allowed`` / ``handle_action``, ``get_query`` /
+``get_count_query`` / ``get_list`` (a screen's own search), ``search_placeholder``, and
+``cp.admin.Panel.add_view`` keeps its own index of the screens. ``tests/test_admin.py``
+(``test_the_flask_admin_hooks_we_rely_on``) fails loudly if an upgrade changes them.
 """
 from __future__ import annotations
 
@@ -28,10 +35,9 @@ from typing import Any, Callable
 from flask import flash, g, request
 from flask_admin import AdminIndexView
 from flask_admin.contrib.sqla import ModelView
-from flask_admin.contrib.sqla._compat import _get_deprecated_session
 from flask_wtf import FlaskForm
 from sqlalchemy import func, inspect, literal_column, select
-from sqlalchemy.orm import Query, scoped_session
+from sqlalchemy.orm import Query
 
 from cp import audit
 from cp.auth import current_actor, current_role, login_redirect, role_allows
@@ -144,12 +150,6 @@ class SecureModelView(RoleGate, ModelView):
     count_cap: int | None = None  # count list totals up to this many rows only
     audit_target_type: str | None = None  # defaults to the model's table name
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # SQLAlchemy 2 loader options take attributes, not names: accept both in
-        # ``column_select_related_list`` (eager-loaded relations of each list page).
-        self._auto_joins = [getattr(self.model, j) if isinstance(j, str) else j for j in (self._auto_joins or [])]
-
     # --- who may do what ------------------------------------------------------------------
     def _edit_allowed(self) -> bool:
         return role_allows(current_role(), self.edit_role)
@@ -166,10 +166,17 @@ class SecureModelView(RoleGate, ModelView):
     def can_delete(self) -> bool:
         return self.allow_delete and self._edit_allowed()
 
-    def _handle_view(self, name, **kwargs):
-        response = super()._handle_view(name, **kwargs)
-        if response is not None:
-            return response
+    def create_blueprint(self, admin):
+        blueprint = super().create_blueprint(admin)
+        blueprint.before_request(self.refuse_operation)
+        return blueprint
+
+    def refuse_operation(self) -> None:
+        """403 for an operation this role may not use on this screen (before its view runs).
+        Someone who may not see the screen at all is left to ``inaccessible_callback``."""
+        if not self.is_accessible():
+            return None
+        name = (request.endpoint or "").rpartition(".")[2]
         refused = {
             "create_view": not self.can_create,
             "edit_view": not self.can_edit,
@@ -191,16 +198,18 @@ class SecureModelView(RoleGate, ModelView):
             return False
         return role_allows(current_role(), needed) and super().is_action_allowed(name)
 
-    def init_actions(self) -> None:
-        """Every action asks for confirmation unless listed in ``unconfirmed_actions``."""
-        super().init_actions()
-        for name, (handler, text, confirmation) in list(self._actions_data.items()):
-            if not confirmation and name not in self.unconfirmed_actions:
-                self._actions_data[name] = (handler, text, f"{text}: are you sure? This applies to every selected row.")
+    def get_actions_list(self):
+        """The actions this role may run; every one asks for confirmation unless listed in
+        ``unconfirmed_actions``."""
+        actions, confirmations = super().get_actions_list()
+        for name, text in actions:
+            if not confirmations.get(name) and name not in self.unconfirmed_actions:
+                confirmations[name] = f"{text}: are you sure? This applies to every selected row."
+        return actions, confirmations
 
     def handle_action(self, return_view=None):
         name = request.form.get("action")
-        if not name or name not in self._actions_data or not self.is_action_allowed(name):
+        if not name or name not in dict(self.get_actions_list()[0]):
             _record_apart(f"admin.{self.endpoint}.action", target_type=self._audit_type(),
                           target_id=",".join(request.form.getlist("rowid"))[:255] or None, outcome="forbidden",
                           details={"action": (name or "")[:64]})
@@ -289,12 +298,13 @@ class SecureModelView(RoleGate, ModelView):
 
     # --- lists that stay cheap ----------------------------------------------------------------
     def get_count_query(self):
-        session = _get_deprecated_session(self.session)
-        if isinstance(session, scoped_session):
-            session = session()
-        query = CappedCountQuery([func.count("*")], session=session).select_from(self.model)
+        # Flask-Admin's count query, as a CappedCountQuery on the same session
+        query = CappedCountQuery([func.count("*")], session=super().get_count_query().session).select_from(self.model)
         query.count_cap = self.count_cap
-        return query
+        return self.searched(query)
+
+    def get_query(self):
+        return self.searched(super().get_query())
 
     def search_condition(self, term: str):
         """The WHERE clause of one search term (``None``: use Flask-Admin's default search)."""
@@ -304,15 +314,21 @@ class SecureModelView(RoleGate, ModelView):
         supported = super().init_search()
         return supported or type(self).search_condition is not SecureModelView.search_condition
 
-    def _apply_search(self, query, count_query, joins, count_joins, search):
-        if type(self).search_condition is SecureModelView.search_condition:
-            return super()._apply_search(query, count_query, joins, count_joins, search)
-        for term in search.split():
-            cond = self.search_condition(term[:200])
-            query = query.filter(cond)
-            if count_query is not None:
-                count_query = count_query.filter(cond)
-        return query, count_query, joins, count_joins
+    def get_list(self, page, sort_column, sort_desc, search, filters, execute=True, page_size=None):
+        """A screen with its own ``search_condition`` filters ``get_query``/``get_count_query``
+        by the terms (kept in ``g`` for this request) instead of Flask-Admin's search."""
+        if not search or type(self).search_condition is SecureModelView.search_condition:
+            return super().get_list(page, sort_column, sort_desc, search, filters, execute, page_size)
+        g.cp_admin_search = search.split()
+        try:
+            return super().get_list(page, sort_column, sort_desc, None, filters, execute, page_size)
+        finally:
+            g.pop("cp_admin_search", None)
+
+    def searched(self, query):
+        for term in g.get("cp_admin_search", ()):
+            query = query.filter(self.search_condition(term[:200]))
+        return query
 
     search_hint: str | None = None
 

@@ -108,7 +108,7 @@ class PluginRequestView(SecureModelView):
                      "decided_by": "By", "created_at": "Asked"}
     column_sortable_list = ("created_at",)
     column_default_sort = [("created_at", True), ("id", True)]
-    column_select_related_list = ("installation", "job")
+    column_select_related_list = (PluginRequest.installation, PluginRequest.job)
     column_filters = [
         ChoiceFilter(PluginRequest.status, "Status", PLUGIN_REQUEST_STATUSES),
         TextEqualFilter(PluginRequest.plugin, "Plugin", 128),

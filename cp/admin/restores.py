@@ -30,7 +30,7 @@ class RestoreVerificationView(SecureModelView):
                      "created_by": "By"}
     column_sortable_list = ("scheduled_for", "created_at", "reported_at")
     column_default_sort = [("created_at", True), ("id", True)]
-    column_select_related_list = ("installation",)
+    column_select_related_list = (RestoreVerification.installation,)
     column_filters = [
         ChoiceFilter(RestoreVerification.status, "Status", RESTORE_STATUSES),
         InstallationFilter(RestoreVerification.installation_id),

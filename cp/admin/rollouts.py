@@ -153,7 +153,7 @@ class RolloutView(SecureModelView):
                      "buttons": "Actions"}
     column_sortable_list = ("created_at",)
     column_default_sort = [("created_at", True), ("id", True)]
-    column_select_related_list = ("release",)
+    column_select_related_list = (Rollout.release,)
     column_filters = [
         ChoiceFilter(Rollout.status, "Status", ROLLOUT_STATUSES),
         ChoiceFilter(Rollout.kind, "Kind", ("core", "plugin")),
@@ -223,7 +223,7 @@ class JobView(SecureModelView):
                      "finished_at": "Finished"}
     column_sortable_list = ("created_at",)
     column_default_sort = [("created_at", True), ("id", True)]
-    column_select_related_list = ("installation", "release")
+    column_select_related_list = (Job.installation, Job.release)
     column_filters = [
         ChoiceFilter(Job.status, "Status", JOB_STATUSES),
         ChoiceFilter(Job.kind, "Kind", ("update", "plugin")),

@@ -1,7 +1,7 @@
 """HTML pages for people: the fleet list (``/``) and an installation (``/installations/<id>``)."""
 from __future__ import annotations
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, request
 from marshmallow import ValidationError
 
 from cp.web import charts
@@ -9,6 +9,7 @@ from cp.fleet import queries as fleet
 from cp.fleet import history
 from cp.delivery import plugins, restores, rollouts
 from cp.delivery.releases import releases_behind
+from cp.admin import render_page
 from cp.api.schemas import InstallationArgsSchema
 from cp.auth import login_required_html
 from cp.models import BACKUP_STATUS_VALUES, HEALTH_VALUES
@@ -31,7 +32,7 @@ def index():
         sort = "last_seen"
     args.setdefault("limit", PAGE_SIZE)
     page = fleet.list_installations(sort=sort, **args)
-    return render_template(
+    return render_page(
         "fleet.html", page=page, args=args, sort=sort, sorts=list(fleet.SORTS), error=error,
         health_values=HEALTH_VALUES, backup_values=BACKUP_STATUS_VALUES, is_stale=fleet.is_stale,
         behind=releases_behind([inst for inst, _n in page.items]),  # one query per page
@@ -42,7 +43,7 @@ def index():
 @login_required_html("support")
 def installation(instance_id: str):
     inst = fleet.get_installation(instance_id)
-    return render_template(
+    return render_page(
         "installation.html", inst=inst, stale=fleet.is_stale(inst.last_seen_at),
         alerts=fleet.installation_alerts(inst.id), job_failures=fleet.installation_job_failures(inst.id),
         events=fleet.installation_events(inst.id), extras=installation_extras(inst),

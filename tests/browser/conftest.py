@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 import requests
 import sqlalchemy as sa
+from playwright.sync_api import sync_playwright
 
 from cp.agent_client import AgentClient
-from cp.cli import demo_heartbeats
-from tests.conftest import AGENT_SECRETS, AGENT_TOKEN, ROOT, TOKENS, LiveServer, base_env, empty_tables
+from cp.demo import demo_heartbeats
+from tests.conftest import AGENT_SECRETS, AGENT_TOKEN, ROOT, TOKENS, LiveServer, base_env, empty_tables, worker_id
 from tests.panel_seed import FLEET
 from tests.rollout_helpers import RELEASE_KEYS, release_body
 
@@ -40,8 +41,6 @@ def browser():
         if os.environ.get("CI") == "true":
             pytest.fail(f"{CHROMIUM} is missing: CI installs it (apt-get install chromium)")
         pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
-    from playwright.sync_api import sync_playwright
-
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
@@ -235,7 +234,7 @@ def panel(migrated, instance_path, db_engine):
     """gunicorn on 127.0.0.1 with the seeded fleet; the tables are emptied afterwards."""
     empty_tables(db_engine)
     env = {**base_env(migrated, instance_path), **SLO_LIMITS, "CONTROL_PLANE_RELEASE_KEYS": RELEASE_KEYS}
-    server = LiveServer(env, log_path=ARTIFACTS / "browser-server.log").start()
+    server = LiveServer(env, log_path=ARTIFACTS / f"browser-server-{worker_id()}.log").start()
     try:
         seed_fleet(server.url)
         server.rollout = seed_releases_and_rollout(server.url)

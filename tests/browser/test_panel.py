@@ -5,10 +5,14 @@ from __future__ import annotations
 import re
 
 import pytest
+import requests
 import sqlalchemy as sa
 
+from cp.agent_client import AgentClient
 from tests.browser.conftest import STALE_ID, save_screenshot
+from tests.conftest import AGENT_TOKEN, TOKENS
 from tests.panel_seed import XSS
+from tests.plugin_helpers import plugin_body
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
 
@@ -157,10 +161,6 @@ def test_admin_advances_a_rollout(session_as, panel):
 
 def test_dangerous_row_buttons_ask_for_confirmation(session_as, panel):
     """Cancelling a rollout from its row asks first; dismissing the question changes nothing."""
-    import requests
-
-    from tests.conftest import TOKENS
-
     resp = requests.post(panel.url + "/api/rollouts", json={"release": "1.3.0", "channel": "beta", "batch_size": 1},
                          headers={"Authorization": f"Bearer {TOKENS['admin']}"}, timeout=10)
     assert resp.status_code == 201, resp.text
@@ -276,12 +276,6 @@ def test_installation_page_screenshot(session_as):
 def test_admin_approves_a_plugin_request(session_as, panel, db_engine):
     """Bulk approve on the Plugin requests screen asks first, then creates the install job
     that the agent sees as pending.plugin."""
-    import requests
-
-    from cp.agent_client import AgentClient
-    from tests.conftest import AGENT_TOKEN, TOKENS
-    from tests.test_plugins import plugin_body
-
     resp = requests.post(panel.url + "/api/plugins/releases", json=plugin_body("payments", "2.0.0"),
                          headers={"Authorization": f"Bearer {TOKENS['admin']}"}, timeout=10)
     assert resp.status_code == 201, resp.text
@@ -305,3 +299,43 @@ def test_admin_approves_a_plugin_request(session_as, panel, db_engine):
     assert agent.heartbeat()["pending"]["plugin"] is True
     job = agent.next_plugin()["job"]
     assert (job["id"], job["plugin"], job["version"]) == (job_id, "payments", "2.0.0")
+
+
+def navbar(s) -> dict:
+    """What the navigation bar shows: brand, menu entries (with their links), role, log out."""
+    bar = s.page.locator("nav.navbar")
+    assert bar.count() == 1
+    links = bar.locator("#admin-navbar-collapse .navbar-nav > li > a")
+    return {
+        "brand": bar.locator(".navbar-brand").inner_text().strip(),
+        "menu": [(a.inner_text().strip(), a.get_attribute("href")) for a in links.all()],
+        "role": bar.locator(".cp-role").inner_text().strip(),
+        "logout": bar.locator("form.cp-logout button").inner_text().strip(),
+        "theme": s.page.evaluate("getComputedStyle(document.querySelector('nav.navbar')).backgroundColor"),
+    }
+
+
+@pytest.mark.parametrize("role", ["support", "admin"])
+def test_fleet_pages_and_panel_share_one_navigation_bar(session_as, role):
+    """The fleet list, an installation page and the panel's screens show the same bar (the
+    panel's menu, Fleet included, the role, log out) in the same theme; Fleet is marked on the
+    fleet pages."""
+    s = session_as(role)
+    bars = {}
+    for path in ("/", "/installations/acme-001", "/admin/", "/admin/alerts/"):
+        s.goto(path)
+        bars[path] = navbar(s)
+        assert not csp_errors(s), (path, s.console_errors)
+        save_screenshot(s.page, f"navbar-{role}-{path.strip('/').replace('/', '-') or 'fleet'}.png")
+    first = bars["/"]
+    assert ("Fleet", "/") in first["menu"] and any(name == "Alerts" for name, _ in first["menu"]), first
+    assert first["role"] == f"role: {role}"
+    for path, bar in bars.items():
+        assert bar == first, (path, bar, first)
+    s.goto("/")
+    assert s.page.locator("#admin-navbar-collapse li.active > a").inner_text().strip() == "Fleet"
+    # the menu's dropdowns work on the fleet pages too (the panel's scripts are loaded)
+    s.page.click("#admin-navbar-collapse a.dropdown-toggle:has-text('Releases')")
+    with s.page.expect_navigation():
+        s.page.locator(".dropdown-menu.show a.dropdown-item").get_by_text("Rollouts", exact=True).click()
+    assert s.page.url.endswith("/admin/rollouts/")
