@@ -119,7 +119,7 @@ def _load_user(user_id: str) -> SessionUser | None:
         person = db.session.get(User, int(person_id))
         if person is None or not person.active or person.session_epoch != int(epoch):
             return None  # deactivated (or deactivated and back): the session is over
-        people.touch(None, person.id)
+        people.touch(None, person)
         return SessionUser(Actor.for_person(person, via), user_id)
     token = settings().role_tokens().get(kind)
     if not token or not hmac.compare_digest(rest.encode(), _token_fingerprint(token).encode()):

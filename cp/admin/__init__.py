@@ -14,10 +14,10 @@ from flask_admin.theme import Bootstrap4Theme
 from cp.web import charts
 from cp.web.security import csp_nonce
 from cp.fleet import dashboard
-from cp.admin import audit, fleet, outbox, plugins, restores, rollouts
+from cp.admin import audit, fleet, outbox, people, plugins, restores, rollouts
 from cp.admin.base import SecureIndexView
 
-AREAS = (fleet, rollouts, restores, plugins, outbox, audit)  # each registers its screens, in menu order
+AREAS = (fleet, rollouts, restores, plugins, outbox, audit, people)  # each registers its screens, in menu order
 
 
 class FleetPages(BaseView):

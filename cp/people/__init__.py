@@ -240,20 +240,27 @@ def authenticate_token(secret: str | None, now: datetime | None = None) -> User 
     person = token.user
     if not person.active:
         return None
-    touch(token.id, person.id, now)
+    touch(token, person, now)
     return person
 
 
-def touch(token_id: int | None, person_id: int, now: datetime | None = None) -> None:
-    """Record use: at most one write per ``TOUCH_EVERY`` for each token and person, each a
-    conditional UPDATE in its own short transaction (a read-only request stays read-only)."""
+def touch(token: ApiToken | None, person: User, now: datetime | None = None) -> None:
+    """Record use: at most one write per ``TOUCH_EVERY`` for each token and person. The rows in
+    hand tell whether a write is due (usually not: no statement at all); a due one is a
+    conditional UPDATE in its own short transaction, so concurrent requests write it once and a
+    read-only request stays read-only."""
     now = now or utcnow()
     stale = now - TOUCH_EVERY
+    token_due = token is not None and (token.last_used_at is None or token.last_used_at < stale)
+    person_due = person.last_seen_at is None or person.last_seen_at < stale
+    if not (token_due or person_due):
+        return
     with db.engine.begin() as conn:
-        if token_id is not None:
+        if token_due:
             conn.execute(update(ApiToken).where(
-                ApiToken.id == token_id,
+                ApiToken.id == token.id,
                 or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < stale)).values(last_used_at=now))
-        conn.execute(update(User).where(
-            User.id == person_id, or_(User.last_seen_at.is_(None), User.last_seen_at < stale)
-        ).values(last_seen_at=now))
+        if person_due:
+            conn.execute(update(User).where(
+                User.id == person.id, or_(User.last_seen_at.is_(None), User.last_seen_at < stale)
+            ).values(last_seen_at=now))
