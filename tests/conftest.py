@@ -102,7 +102,8 @@ def db_engine(migrated):
 
 
 def empty_tables(engine) -> None:
-    tables = [t.name for t in reversed(db.metadata.sorted_tables)]
+    # counter_deltas last: on SQLite, deleting alerts and jobs fires their counting triggers
+    tables = [t.name for t in reversed(db.metadata.sorted_tables) if t.name != "counter_deltas"] + ["counter_deltas"]
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))

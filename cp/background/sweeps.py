@@ -1,4 +1,5 @@
-"""The worker's periodic sweeps: stale installations, backup age, pruning, the rollout tick.
+"""The worker's periodic sweeps: stale installations, backup age, pruning, the rollout tick, the
+compaction of the exact counters.
 
 Every sweep is set-based: one indexed query finds the installations that need a new alert
 (normally a handful, whatever the fleet size), and one statement opens their alerts with
@@ -26,6 +27,7 @@ from typing import Any, Callable
 from flask import current_app
 from sqlalchemy import and_, delete, exists, func, or_, select
 
+from cp import counters
 from cp.web import limits as ratelimit
 from cp.agent_api import signed
 from cp.fleet.alerts import alert_payload, enqueue_events
@@ -217,6 +219,22 @@ def rollouts_tick(now: datetime | None = None) -> Any:
     return result
 
 
+# --- counters ------------------------------------------------------------------------------
+def compact_counters() -> int | None:
+    """Fold the exact counters' rows (``cp.counters.compact``); None when another worker does it."""
+    try:
+        if not try_lock("counters"):
+            db.session.rollback()
+            return None
+        folded = counters.compact()
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        raise
+    return folded
+
+
 def run_sweeps(now: datetime | None = None) -> dict[str, Any]:
     now = now or utcnow()
-    return {"stale": sweep_stale(now), "backup_age": sweep_backup_age(now), "rollouts": rollouts_tick(now)}
+    return {"stale": sweep_stale(now), "backup_age": sweep_backup_age(now), "rollouts": rollouts_tick(now),
+            "counters": compact_counters()}

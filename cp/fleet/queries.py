@@ -2,7 +2,8 @@
 
 One implementation of every filter, shared by the JSON API (``cp.api.fleet``), the HTML
 views (``cp.web.pages``) and the admin panel. Lists are newest first with ties broken by id,
-and paginated with ``limit``/``offset``; totals come from one ``COUNT`` with the same filters.
+and paginated with ``limit``/``offset``; totals come from one ``COUNT`` with the same filters,
+except the alerts' total, which comes from the exact counters (``cp.counters``).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from flask import current_app
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import joinedload
 
+from cp import counters
 from cp.dbutil import without_index_only_scans
 from cp.errors import NotFound
 from cp.extensions import db
@@ -170,8 +172,13 @@ def alert_filters(*, instance_id: str | None = None, status: str | None = None, 
 
 
 def list_alerts(*, limit: int = 50, offset: int = 0, **filters: Any) -> Page:
+    """Newest first; the exact ``total`` comes from the counters (``cp.counters``) unless the
+    list is one installation's (then a count of its rows on their index)."""
     conds = alert_filters(**filters)
-    total = _count(select(Alert.id).where(*conds))
+    if filters.get("instance_id"):
+        total = _count(select(Alert.id).where(*conds))
+    else:
+        total = counters.alert_count(**{k: v for k, v in filters.items() if k != "instance_id"})
     items = db.session.scalars(select(Alert).options(joinedload(Alert.installation)).where(*conds).order_by(Alert.opened_at.desc(), Alert.id.desc())
                                .limit(limit).offset(offset)).all()
     return Page(list(items), total, limit, offset)
