@@ -64,6 +64,11 @@ class UTCDateTime(TypeDecorator):
         return as_utc(value)
 
 
+# ids of tables that grow without bound (history, counter rows): never reused, more than an
+# integer holds at a fleet's rate; SQLite keeps its INTEGER row id (the only auto-assigned key)
+BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
 def _now() -> datetime:
     return utcnow()
 
@@ -212,16 +217,19 @@ class JobFailure(db.Model):
 
 
 class InstallationEvent(db.Model):
-    """A change of an installation's version, channel, health or backup status."""
+    """A change of an installation's version, channel, health or backup status.
+
+    On PostgreSQL partitioned by ``at``, one partition per month (migration 0011,
+    ``cp.background.partitions``): the primary key includes ``at``."""
 
     __tablename__ = "installation_events"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
     installation_id: Mapped[int] = mapped_column(ForeignKey("installations.id", ondelete="CASCADE"))
     field: Mapped[str] = mapped_column(String(32))
     old_value: Mapped[Optional[str]] = mapped_column(String(255))
     new_value: Mapped[Optional[str]] = mapped_column(String(255))
-    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now, primary_key=True)
 
     installation: Mapped[Installation] = relationship()
 
@@ -229,13 +237,16 @@ class InstallationEvent(db.Model):
 
 
 class SloSample(db.Model):
-    """One point per installation per 5 minutes: the last figures reported in that bucket."""
+    """One point per installation per 5 minutes: the last figures reported in that bucket.
+
+    On PostgreSQL partitioned by ``bucket``, one partition per day (migration 0011,
+    ``cp.background.partitions``): the primary key includes ``bucket``."""
 
     __tablename__ = "slo_samples"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
     installation_id: Mapped[int] = mapped_column(ForeignKey("installations.id", ondelete="CASCADE"))
-    bucket: Mapped[datetime] = mapped_column(UTCDateTime())
+    bucket: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
     slo_p95_ms: Mapped[Optional[float]] = mapped_column(Float)
     slo_error_rate: Mapped[Optional[float]] = mapped_column(Float)
     slo_webhook_retry_rate: Mapped[Optional[float]] = mapped_column(Float)
@@ -480,7 +491,7 @@ class CounterDelta(db.Model):
 
     __tablename__ = "counter_deltas"
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
     counter: Mapped[str] = mapped_column(String(16))  # "alerts" | "jobs"
     scope_id: Mapped[int] = mapped_column(BigInteger)  # jobs: the rollout id; alerts: 0
     batch: Mapped[int] = mapped_column(Integer)  # jobs: the batch (0 for none); alerts: 0

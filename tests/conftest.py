@@ -311,6 +311,23 @@ def is_postgres(url: str) -> bool:
 
 
 @pytest.fixture
+def fresh_database_url(migrated, tmp_path):
+    """An empty database on the test backend (a new PostgreSQL database, or a SQLite file)."""
+    if not migrated.startswith("postgresql"):
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    url = sa.engine.make_url(migrated)
+    name = f"cp_test_mig_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield url.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
 def postgres_only(migrated):
     if not is_postgres(migrated):
         pytest.skip("needs PostgreSQL (set CONTROL_PLANE_TEST_DATABASE_URL)")

@@ -31,7 +31,7 @@ The triggers are created before the backfill, in the same transaction (on Postgr
 TRIGGER holds off the tables' writers until this commits), so nothing is counted twice or missed.
 
 Revision ID: 0010
-Revises: 0008 (the integrator chains it after 0009)
+Revises: 0008 (on this branch; the chain is 0008 -> 0009 -> 0010)
 """
 from alembic import op
 import sqlalchemy as sa
