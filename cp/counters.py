@@ -1,5 +1,6 @@
 """Exact counts that stay cheap however many rows they count: alerts by status, level, source
-and acknowledgement, and each rollout's jobs by batch and status.
+and acknowledgement, each rollout's jobs by batch and status, installations by health and
+release channel.
 
 The counts live in ``counter_deltas`` (``cp.models.CounterDelta``), written by the database
 triggers of migration 0010 in the same transaction as every change of an alert or a job, so
@@ -20,7 +21,8 @@ from cp.models import JOB_STATUSES, CounterDelta
 log = logging.getLogger("cp.counters")
 
 t = CounterDelta.__table__
-KEY_COLUMNS = (t.c.counter, t.c.scope_id, t.c.batch, t.c.status, t.c.level, t.c.source, t.c.acknowledged)
+KEY_COLUMNS = (t.c.counter, t.c.scope_id, t.c.batch, t.c.status, t.c.level, t.c.source, t.c.acknowledged,
+               t.c.channel)
 ALERT_STATUSES = ("open", "resolved")
 
 
@@ -46,6 +48,15 @@ def open_alerts_by_level() -> dict[str, int]:
         select(t.c.level, func.sum(t.c.delta)).where(t.c.counter == "alerts", t.c.status == "open")
         .group_by(t.c.level)).all()
     return {level: int(n) for level, n in rows if n}
+
+
+def installations_by(field: str) -> dict[str | None, int]:
+    """``health`` or ``release_channel`` -> number of installations (None: not reported; values
+    without any installation left out)."""
+    column = {"health": t.c.status, "release_channel": t.c.channel}[field]
+    rows = db.session.execute(
+        select(column, func.sum(t.c.delta)).where(t.c.counter == "installations").group_by(column)).all()
+    return {value or None: int(n) for value, n in rows if n}
 
 
 def job_batches(rollout_ids: list[int]) -> dict[int, dict[int, dict[str, int]]]:

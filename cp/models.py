@@ -480,11 +480,12 @@ class AuditLog(db.Model):
 
 
 class CounterDelta(db.Model):
-    """Insert-only parts of the exact counts the API and the panel show (open alerts by level,
-    a rollout's jobs by batch and status): the count of a key is the sum of its rows' ``delta``.
+    """Insert-only parts of the exact counts the API and the panel show (alerts by status, level,
+    source and acknowledgement; a rollout's jobs by batch and status; installations by health
+    and channel): the count of a key is the sum of its rows' ``delta``.
 
-    Written only by database triggers on ``alerts`` and ``jobs`` (migration 0010), in the
-    transaction that changes those rows; folded into one row per key by the worker's sweep
+    Written only by database triggers on ``alerts``, ``jobs`` and ``installations`` (migration
+    0010), in the transaction that changes those rows; folded into one row per key by the worker's sweep
     (``cp.counters.compact``). Never write it from the application; read it through
     ``cp.counters``.
     """
@@ -492,18 +493,20 @@ class CounterDelta(db.Model):
     __tablename__ = "counter_deltas"
 
     id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
-    counter: Mapped[str] = mapped_column(String(16))  # "alerts" | "jobs"
+    counter: Mapped[str] = mapped_column(String(16))  # "alerts" | "jobs" | "installations"
     scope_id: Mapped[int] = mapped_column(BigInteger)  # jobs: the rollout id; alerts: 0
     batch: Mapped[int] = mapped_column(Integer)  # jobs: the batch (0 for none); alerts: 0
-    status: Mapped[str] = mapped_column(String(16))  # jobs: the job status; alerts: open | resolved
-    level: Mapped[str] = mapped_column(String(16))  # alerts: level; jobs: ""
-    source: Mapped[str] = mapped_column(String(16))  # alerts: source; jobs: ""
-    acknowledged: Mapped[bool] = mapped_column(Boolean)  # alerts: acknowledged_at is set; jobs: false
+    # jobs: the job status; alerts: open | resolved; installations: health ("" when unknown)
+    status: Mapped[str] = mapped_column(String(16))
+    level: Mapped[str] = mapped_column(String(16))  # alerts: level; others: ""
+    source: Mapped[str] = mapped_column(String(16))  # alerts: source; others: ""
+    acknowledged: Mapped[bool] = mapped_column(Boolean)  # alerts: acknowledged_at is set; others: false
+    channel: Mapped[str] = mapped_column(String(64))  # installations: release channel; others: ""
     delta: Mapped[int] = mapped_column(BigInteger)
 
     __table_args__ = (
         Index("ix_counter_deltas_key", "counter", "scope_id", "batch", "status", "level", "source",
-              "acknowledged", "delta"),
+              "acknowledged", "channel", "delta"),
     )
 
 

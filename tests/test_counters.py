@@ -31,27 +31,33 @@ from tests.rollout_helpers import (  # noqa: F401  (env and server are fixtures)
     server,
 )
 
-KEYS = ("counter", "scope_id", "batch", "status", "level", "source", "acknowledged")
+KEYS = ("counter", "scope_id", "batch", "status", "level", "source", "acknowledged", "channel")
 
 
 def true_counts() -> dict[tuple, int]:
-    """Every counter key -> COUNT(*) of the rows it counts, straight from alerts and jobs."""
+    """Every counter key -> COUNT(*) of the rows it counts, straight from the counted tables."""
+    empty, no = sa.literal(""), sa.literal(False)
     alert_key = (sa.literal("alerts"), sa.literal(0), sa.literal(0),
                  case((Alert.resolved_at.is_(None), "open"), else_="resolved"), Alert.level, Alert.source,
-                 Alert.acknowledged_at.is_not(None))
-    job_key = (sa.literal("jobs"), Job.rollout_id, func.coalesce(Job.batch, 0), Job.status, sa.literal(""),
-               sa.literal(""), sa.literal(False))
+                 Alert.acknowledged_at.is_not(None), empty)
+    job_key = (sa.literal("jobs"), Job.rollout_id, func.coalesce(Job.batch, 0), Job.status, empty, empty, no, empty)
+    inst_key = (sa.literal("installations"), sa.literal(0), sa.literal(0), func.coalesce(Installation.health, ""),
+                empty, empty, no, func.coalesce(Installation.release_channel, ""))
     out = {}
-    for key, where in ((alert_key, sa.true()), (job_key, Job.rollout_id.is_not(None))):
+    for key, where in ((alert_key, sa.true()), (job_key, Job.rollout_id.is_not(None)), (inst_key, sa.true())):
         for row in db.session.execute(select(*key, func.count()).where(where).group_by(*key)):
             out[tuple(row[:-1])] = row[-1]
-    return {k[:6] + (bool(k[6]),): n for k, n in out.items()}
+    return {normal(k): n for k, n in out.items()}
+
+
+def normal(key) -> tuple:
+    return tuple(key[:6]) + (bool(key[6]), key[7])
 
 
 def counter_counts() -> dict[tuple, int]:
     cols = [CounterDelta.__table__.c[k] for k in KEYS]
     rows = db.session.execute(select(*cols, func.sum(CounterDelta.delta)).group_by(*cols)).all()
-    return {tuple(r[:6]) + (bool(r[6]),): int(r[-1]) for r in rows if r[-1]}
+    return {normal(r[:-1]): int(r[-1]) for r in rows if r[-1]}
 
 
 def assert_exact(app) -> dict[tuple, int]:
@@ -101,7 +107,7 @@ def test_alert_counts_stay_exact_through_every_change(app, client, agent):
     assert (alerts_total(client, status="open"), alerts_total(client, status="resolved")) == (3, 1)
 
     beat(agent, "a-2", alerts=[disk])  # still reported: opens again as a new alert
-    beat(agent, "a-1", alerts=[disk], backup_status="ok")  # the queue and backup alerts resolve
+    beat(agent, "a-1", alerts=[disk], backup_status="ok", health="down")  # queue and backup alerts resolve
     assert_exact(app)
     assert (alerts_total(client, status="open"), alerts_total(client, status="resolved")) == (2, 3)
     assert alerts_total(client) == 5
@@ -123,6 +129,12 @@ def test_alert_counts_stay_exact_through_every_change(app, client, agent):
         db.session.remove()
     truth = assert_exact(app)
     assert alerts_total(client) == sum(n for k, n in truth.items() if k[0] == "alerts") == 4
+    with app.app_context():  # the dashboard's fleet figures: one installation left, down
+        board = dashboard.build()
+        assert (board.total, dict(board.by_health), board.by_channel) == (
+            1, {"ok": 0, "degraded": 0, "down": 1}, [("stable", 1)])
+        assert board.open_by_level == {} and alerts_total(client, status="open") == 0  # all resolved above
+        db.session.remove()
 
 
 def rollout_jobs(client, rollout_id: int) -> dict:
@@ -207,7 +219,8 @@ def test_worker_sweep_compacts(app, client, agent):
     beat(agent, "w-1", alerts=[])
     with app.app_context():
         assert sweeps.run_sweeps()["counters"] > 0
-        assert db.session.scalar(select(func.count()).select_from(CounterDelta)) == 1  # resolved: 1
+        # one row per key: the resolved alert, the installation
+        assert db.session.scalar(select(func.count()).select_from(CounterDelta)) == 2
         db.session.remove()
     assert alerts_total(client, status="resolved") == 1
 

@@ -84,7 +84,7 @@ def test_0008_backfills_keeps_in_step_and_downgrades(make_app, fresh_database_ur
             _installation_row(conn, 1, "Acme SA", "acme.com")
             _installation_row(conn, 2, None, None)
 
-        upgrade()  # 0008: backfill, triggers, the indexes move
+        upgrade(revision="0008")  # backfill, triggers, the indexes move
         with db.engine.begin() as conn:
             assert _search_rows(conn) == [(1, "inst-001", "Acme SA", "acme.com"), (2, "inst-002", None, None)]
             assert _triggers(conn) == triggers

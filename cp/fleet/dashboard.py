@@ -3,8 +3,8 @@
 Each figure is one indexed, aggregated query (a few milliseconds at 100,000 installations
 and a million alerts); lists are short (``LIST_LIMIT`` rows) and come with their totals.
 Also the per-batch job counts of rollouts, used by the dashboard's progress bars and by the
-rollout screens (``rollout_batches``); those and the open alerts by level come from the exact
-counters (``cp.counters``), not from counting rows.
+rollout screens (``rollout_batches``); those, the open alerts by level and the fleet by health
+and channel come from the exact counters (``cp.counters``), not from counting rows.
 """
 from __future__ import annotations
 
@@ -105,14 +105,12 @@ def build(now: datetime | None = None) -> Dashboard:
     session = db.session
     cutoff = stale_cutoff(now)
 
-    health_rows = session.execute(select(Installation.health, func.count()).group_by(Installation.health)).all()
-    health = {h or "unknown": n for h, n in health_rows}
+    health = {h or "unknown": n for h, n in counters.installations_by("health").items()}
     total = sum(health.values())
     by_health = [(h, health.get(h, 0)) for h in HEALTH_VALUES] + (
         [("unknown", health["unknown"])] if health.get("unknown") else [])
-    channel_rows = session.execute(
-        select(Installation.release_channel, func.count()).group_by(Installation.release_channel)).all()
-    by_channel = sorted(((c or "none", n) for c, n in channel_rows), key=lambda t: (-t[1], t[0]))
+    by_channel = sorted(((c or "none", n) for c, n in counters.installations_by("release_channel").items()),
+                        key=lambda t: (-t[1], t[0]))
 
     stale_cond = Installation.last_seen_at < cutoff
     stale_count = session.execute(select(func.count()).select_from(Installation).where(stale_cond)).scalar_one()

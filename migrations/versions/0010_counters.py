@@ -2,7 +2,7 @@
 
 ``GET /api/alerts`` answers with an exact ``total`` and ``GET /api/rollouts/<id>`` with the
 per-status (and per-batch) job counts of the rollout; the dashboard and the panel's rollout
-screens show the same figures. Counting a million alerts or a 100,000-job rollout on every read
+screens show the same figures, and the dashboard the fleet by health and by channel. Counting a million alerts or a 100,000-job rollout on every read
 costs tens to hundreds of milliseconds. From here on these figures are kept in
 ``counter_deltas``: insert-only rows ``(counter, key columns, delta)`` whose sum per key is the
 count. A single counter row per key would serialise every writer of that key (every heartbeat
@@ -26,6 +26,9 @@ Counted:
 - ``alerts``: every alert, keyed by status (``open`` while ``resolved_at`` is NULL, else
   ``resolved``), level, source and whether it is acknowledged.
 - ``jobs``: every job of a rollout, keyed by rollout id, batch (0 when NULL) and status.
+- ``installations``: every installation, keyed by health and release channel ('' when NULL);
+  its UPDATEs are counted by a row-level trigger that fires only when one of the two changes
+  (``ROW_UPDATES``): a heartbeat that changes neither writes nothing and calls nothing.
 
 The triggers are created before the backfill, in the same transaction (on PostgreSQL CREATE
 TRIGGER holds off the tables' writers until this commits), so nothing is counted twice or missed.
@@ -41,7 +44,7 @@ down_revision = "0008"
 branch_labels = None
 depends_on = None
 
-KEY_COLUMNS = ("counter", "scope_id", "batch", "status", "level", "source", "acknowledged")
+KEY_COLUMNS = ("counter", "scope_id", "batch", "status", "level", "source", "acknowledged", "channel")
 
 # table -> (key column -> SQL expression over the row alias ``{r}``, condition for the row to count)
 COUNTED = {
@@ -53,6 +56,7 @@ COUNTED = {
         "level": "{r}.level",
         "source": "{r}.source",
         "acknowledged": "{r}.acknowledged_at IS NOT NULL",
+        "channel": "''",
     }, "1 = 1"),
     "jobs": ({
         "counter": "'jobs'",
@@ -62,8 +66,23 @@ COUNTED = {
         "level": "''",
         "source": "''",
         "acknowledged": "1 = 0",
+        "channel": "''",
     }, "{r}.rollout_id IS NOT NULL"),
+    "installations": ({
+        "counter": "'installations'",
+        "scope_id": "0",
+        "batch": "0",
+        "status": "COALESCE({r}.health, '')",
+        "level": "''",
+        "source": "''",
+        "acknowledged": "1 = 0",
+        "channel": "COALESCE({r}.release_channel, '')",
+    }, "1 = 1"),
 }
+# Tables whose UPDATEs are counted by a row-level trigger that fires only when these columns
+# change, instead of a statement-level one: every heartbeat UPDATEs its installation, and must
+# not pay for transition tables and a function call when its health and channel stay the same.
+ROW_UPDATES = {"installations": ("health", "release_channel")}
 OPERATIONS = ("insert", "update", "delete")
 COLUMN_LIST = ", ".join(KEY_COLUMNS)
 
@@ -107,12 +126,35 @@ $$
 """
 
 
+def _pg_row_function(table: str) -> str:
+    """The row-level UPDATE counterpart of ``_pg_function`` (``ROW_UPDATES``)."""
+    return f"""
+CREATE FUNCTION {table}_count_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO counter_deltas ({COLUMN_LIST}, delta)
+    SELECT {_keys(table, "OLD")}, -1 WHERE {_condition(table, "OLD")}
+    UNION ALL SELECT {_keys(table, "NEW")}, 1 WHERE {_condition(table, "NEW")};
+    RETURN NULL;
+END
+$$
+"""
+
+
 def _pg_triggers(table: str) -> list[str]:
     referencing = {"insert": "NEW TABLE AS new_rows", "update": "OLD TABLE AS old_rows NEW TABLE AS new_rows",
                    "delete": "OLD TABLE AS old_rows"}
-    return [f"CREATE TRIGGER {_trigger_name(table, op_)} AFTER {op_.upper()} ON {table} "
-            f"REFERENCING {referencing[op_]} FOR EACH STATEMENT EXECUTE FUNCTION {table}_count()"
-            for op_ in OPERATIONS]
+    out = []
+    for op_ in OPERATIONS:
+        name = _trigger_name(table, op_)
+        if op_ == "update" and table in ROW_UPDATES:
+            columns = ROW_UPDATES[table]
+            changed = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in columns)
+            out.append(f"CREATE TRIGGER {name} AFTER UPDATE OF {', '.join(columns)} ON {table} FOR EACH ROW "
+                       f"WHEN ({changed}) EXECUTE FUNCTION {table}_count_row()")
+        else:
+            out.append(f"CREATE TRIGGER {name} AFTER {op_.upper()} ON {table} REFERENCING {referencing[op_]} "
+                       f"FOR EACH STATEMENT EXECUTE FUNCTION {table}_count()")
+    return out
 
 
 def _sqlite_triggers(table: str) -> list[str]:
@@ -145,6 +187,7 @@ def upgrade():
         sa.Column("level", sa.String(length=16), nullable=False),
         sa.Column("source", sa.String(length=16), nullable=False),
         sa.Column("acknowledged", sa.Boolean(), nullable=False),
+        sa.Column("channel", sa.String(length=64), nullable=False),
         sa.Column("delta", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_counter_deltas")),
     )
@@ -153,6 +196,8 @@ def upgrade():
     for table in COUNTED:
         if postgres:
             op.execute(_pg_function(table))
+            if table in ROW_UPDATES:
+                op.execute(_pg_row_function(table))
             for stmt in _pg_triggers(table):
                 op.execute(stmt)
         else:
@@ -171,5 +216,6 @@ def downgrade():
             op.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}" if postgres else f"DROP TRIGGER IF EXISTS {name}")
         if postgres:
             op.execute(f"DROP FUNCTION IF EXISTS {table}_count()")
+            op.execute(f"DROP FUNCTION IF EXISTS {table}_count_row()")
     op.drop_index("ix_counter_deltas_key", table_name="counter_deltas")
     op.drop_table("counter_deltas")
