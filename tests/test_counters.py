@@ -274,3 +274,53 @@ def test_concurrent_writers_and_compaction_stay_exact(app, client, agent, server
     truth = assert_exact(app)
     assert sum(n for k, n in truth.items() if k[0] == "alerts" and k[3] == "resolved") == 24 * 4
     assert rollout_jobs(client, rid)["jobs"]["succeeded"] == 24
+
+
+def test_0010_backfills_the_counters_and_downgrades(make_app, fresh_database_url):
+    from flask_migrate import downgrade, upgrade
+
+    app = make_app(CONTROL_PLANE_DATABASE_URL=fresh_database_url)
+    now = sa.literal_column("CURRENT_TIMESTAMP")
+    with app.app_context():
+        upgrade(revision="0008")
+        with db.engine.begin() as conn:  # rows written before the counters existed
+            for i, health in ((1, "ok"), (2, "down"), (3, None)):
+                conn.execute(sa.insert(Installation.__table__).values(
+                    id=i, instance_id=f"m-{i}", health=health, release_channel="stable", first_seen_at=now,
+                    last_seen_at=now, heartbeats_total=1))
+            conn.execute(sa.text(
+                "INSERT INTO alerts (installation_id, level, source, fingerprint, message, opened_at, last_seen_at, "
+                "occurrences, resolved_at) VALUES (1, 'warning', 'agent', 'f1', 'm', CURRENT_TIMESTAMP, "
+                "CURRENT_TIMESTAMP, 1, NULL), (2, 'critical', 'slo', 'f2', 'm', CURRENT_TIMESTAMP, "
+                "CURRENT_TIMESTAMP, 1, CURRENT_TIMESTAMP)"))
+            conn.execute(sa.text(
+                "INSERT INTO releases (id, version, manifest, signature, key_id, created_at) "
+                "VALUES (1, '1.3.0', '{}', 's', 'k1', CURRENT_TIMESTAMP)"))
+            conn.execute(sa.text(
+                "INSERT INTO rollouts (id, kind, release_id, channel, batch_size, status, current_batch, batches, "
+                "targets, skipped, allow_downgrade, created_at) "
+                "VALUES (1, 'core', 1, 'stable', 2, 'active', 1, 2, 3, 0, false, CURRENT_TIMESTAMP)"))
+            conn.execute(sa.text(
+                "INSERT INTO jobs (kind, rollout_id, release_id, installation_id, batch, position, status, attempts, "
+                "created_at, updated_at) VALUES ('update', 1, 1, 1, 1, 0, 'succeeded', 1, CURRENT_TIMESTAMP, "
+                "CURRENT_TIMESTAMP), ('update', 1, 1, 2, 1, 1, 'pending', 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP), "
+                "('update', 1, 1, 3, 2, 2, 'pending', 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+
+        upgrade(revision="0010")
+        truth = true_counts()
+        assert counter_counts() == truth and len(truth) == 8  # 2 alert, 3 job, 3 installation keys
+        assert counters.job_counts([1])[1]["pending"] == 2 and counters.alert_count(status="open") == 1
+        db.session.execute(sa.delete(Installation).where(Installation.id == 3))  # counted from here on
+        db.session.commit()
+        assert counter_counts() == true_counts()
+        db.session.remove()
+
+        downgrade(revision="0008")
+        assert "counter_deltas" not in sa.inspect(db.engine).get_table_names()
+        with db.engine.begin() as conn:  # no trigger left behind: writes still work
+            conn.execute(sa.text("UPDATE jobs SET status = 'cancelled'"))
+            conn.execute(sa.text("DELETE FROM alerts"))
+        upgrade(revision="0010")
+        assert counter_counts() == true_counts()
+        db.session.remove()
+        db.engine.dispose()
