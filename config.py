@@ -261,7 +261,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CONTROL_PLANE_BACKUP_MAX_AGE_HOURS", "backup_max_age_hours", "26", _float_pos,
             "A `last_backup_at` older than this opens a warning `backup` alert."),
     Setting("CONTROL_PLANE_SLO_HISTORY_RETENTION_DAYS", "slo_history_retention_days", "30", _int_min(1),
-            "How long the 5-minute SLO history is kept (`flask --app cp prune-history`)."),
+            "How long the 5-minute SLO history is kept (`flask --app cp prune-history`); on PostgreSQL "
+            "whole days are dropped once past it."),
+    Setting("CONTROL_PLANE_EVENT_RETENTION_DAYS", "event_retention_days", "400", _int_min(1),
+            "How long installation events (version, channel, health, backup changes) are kept; on "
+            "PostgreSQL whole months are dropped once past it."),
     Setting("CONTROL_PLANE_ALERT_WEBHOOK_URL", "alert_webhook_url", "", _opt_str,
             "Where opened/resolved alerts are POSTed. Unset: no forwarding."),
     Setting("CONTROL_PLANE_ALERT_WEBHOOK_TOKEN", "alert_webhook_token", "", _opt_str,

@@ -42,10 +42,13 @@ class Page:
     offset: int
 
 
-def paged(model, conds: list, *, newest, limit: int, offset: int, options: tuple = ()) -> Page:
+def paged(model, conds: list, *, newest, limit: int, offset: int, options: tuple = (),
+          total: int | None = None) -> Page:
     """One page of the ``model`` rows matching ``conds``, newest first by the ``newest`` column
-    (ties by id, newest first too), and how many match in all: the contract's list order."""
-    total = db.session.execute(select(func.count(model.id)).where(*conds)).scalar_one()
+    (ties by id, newest first too), and how many match in all: the contract's list order.
+    ``total``: that count when the caller has it already (a maintained counter)."""
+    if total is None:
+        total = db.session.execute(select(func.count(model.id)).where(*conds)).scalar_one()
     items = db.session.scalars(select(model).options(*options).where(*conds)
                                .order_by(newest.desc(), model.id.desc()).limit(limit).offset(offset)).all()
     return Page(list(items), total, limit, offset)

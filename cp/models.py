@@ -67,6 +67,11 @@ class UTCDateTime(TypeDecorator):
         return as_utc(value)
 
 
+# ids of tables that grow without bound (history, counter rows): never reused, more than an
+# integer holds at a fleet's rate; SQLite keeps its INTEGER row id (the only auto-assigned key)
+BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
 def _now() -> datetime:
     return utcnow()
 
@@ -215,16 +220,19 @@ class JobFailure(db.Model):
 
 
 class InstallationEvent(db.Model):
-    """A change of an installation's version, channel, health or backup status."""
+    """A change of an installation's version, channel, health or backup status.
+
+    On PostgreSQL partitioned by ``at``, one partition per month (migration 0011,
+    ``cp.background.partitions``): the primary key includes ``at``."""
 
     __tablename__ = "installation_events"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
     installation_id: Mapped[int] = mapped_column(ForeignKey("installations.id", ondelete="CASCADE"))
     field: Mapped[str] = mapped_column(String(32))
     old_value: Mapped[Optional[str]] = mapped_column(String(255))
     new_value: Mapped[Optional[str]] = mapped_column(String(255))
-    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now, primary_key=True)
 
     installation: Mapped[Installation] = relationship()
 
@@ -232,13 +240,16 @@ class InstallationEvent(db.Model):
 
 
 class SloSample(db.Model):
-    """One point per installation per 5 minutes: the last figures reported in that bucket."""
+    """One point per installation per 5 minutes: the last figures reported in that bucket.
+
+    On PostgreSQL partitioned by ``bucket``, one partition per day (migration 0011,
+    ``cp.background.partitions``): the primary key includes ``bucket``."""
 
     __tablename__ = "slo_samples"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
     installation_id: Mapped[int] = mapped_column(ForeignKey("installations.id", ondelete="CASCADE"))
-    bucket: Mapped[datetime] = mapped_column(UTCDateTime())
+    bucket: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
     slo_p95_ms: Mapped[Optional[float]] = mapped_column(Float)
     slo_error_rate: Mapped[Optional[float]] = mapped_column(Float)
     slo_webhook_retry_rate: Mapped[Optional[float]] = mapped_column(Float)
@@ -470,6 +481,37 @@ class AuditLog(db.Model):
         Index("ix_audit_log_action_at", "action", "at"),
         Index("ix_audit_log_target", "target_type", "target_id"),
         Index("ix_audit_log_actor_at", "actor", "at"),
+    )
+
+
+class CounterDelta(db.Model):
+    """Insert-only parts of the exact counts the API and the panel show (alerts by status, level,
+    source and acknowledgement; a rollout's jobs by batch and status; installations by health
+    and channel): the count of a key is the sum of its rows' ``delta``.
+
+    Written only by database triggers on ``alerts``, ``jobs`` and ``installations`` (migration
+    0010), in the transaction that changes those rows; folded into one row per key by the worker's sweep
+    (``cp.counters.compact``). Never write it from the application; read it through
+    ``cp.counters``.
+    """
+
+    __tablename__ = "counter_deltas"
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
+    counter: Mapped[str] = mapped_column(String(16))  # "alerts" | "jobs" | "installations"
+    scope_id: Mapped[int] = mapped_column(BigInteger)  # jobs: the rollout id; alerts: 0
+    batch: Mapped[int] = mapped_column(Integer)  # jobs: the batch (0 for none); alerts: 0
+    # jobs: the job status; alerts: open | resolved; installations: health ("" when unknown)
+    status: Mapped[str] = mapped_column(String(16))
+    level: Mapped[str] = mapped_column(String(16))  # alerts: level; others: ""
+    source: Mapped[str] = mapped_column(String(16))  # alerts: source; others: ""
+    acknowledged: Mapped[bool] = mapped_column(Boolean)  # alerts: acknowledged_at is set; others: false
+    channel: Mapped[str] = mapped_column(String(64))  # installations: release channel; others: ""
+    delta: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index("ix_counter_deltas_key", "counter", "scope_id", "batch", "status", "level", "source",
+              "acknowledged", "channel", "delta"),
     )
 
 

@@ -5,6 +5,8 @@ from alembic import context
 from flask import current_app
 from sqlalchemy import DateTime
 
+from cp.background.partitions import include_name
+
 config = context.config
 logger = logging.getLogger("alembic.env")
 
@@ -32,7 +34,7 @@ def compare_type(context, inspected_column, metadata_column, inspected_type, met
 
 def run_migrations_offline():
     context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=target_db.metadata,
-                      literal_binds=True, render_item=render_item, compare_type=compare_type,
+                      literal_binds=True, render_item=render_item, compare_type=compare_type, include_name=include_name,
                       render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()
@@ -53,7 +55,8 @@ def run_migrations_online():
     connectable = target_db.engine
     with connectable.connect() as connection:
         context.configure(connection=connection, target_metadata=target_db.metadata, render_item=render_item,
-                          compare_type=compare_type, render_as_batch=True, **conf_args)
+                          compare_type=compare_type, include_name=include_name, render_as_batch=True,
+                          **conf_args)
         with context.begin_transaction():
             context.run_migrations()
 

@@ -149,7 +149,8 @@ def db_engine(migrated):
 
 
 def empty_tables(engine) -> None:
-    tables = [t.name for t in reversed(db.metadata.sorted_tables)]
+    # counter_deltas last: on SQLite, deleting alerts and jobs fires their counting triggers
+    tables = [t.name for t in reversed(db.metadata.sorted_tables) if t.name != "counter_deltas"] + ["counter_deltas"]
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
@@ -346,6 +347,23 @@ def live_server(env, app):
 
 def is_postgres(url: str) -> bool:
     return url.startswith("postgresql")
+
+
+@pytest.fixture
+def fresh_database_url(migrated, tmp_path):
+    """An empty database on the test backend (a new PostgreSQL database, or a SQLite file)."""
+    if not migrated.startswith("postgresql"):
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    url = sa.engine.make_url(migrated)
+    name = f"cp_test_mig_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield url.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The worker's periodic sweeps: stale installations, backup age, pruning, the rollout tick.
+"""The worker's periodic sweeps: stale installations, backup age, pruning, the rollout tick, the
+compaction of the exact counters.
 
 Every sweep is set-based: one indexed query finds the installations that need a new alert
 (normally a handful, whatever the fleet size), and one statement opens their alerts with
@@ -26,15 +27,17 @@ from typing import Any, Callable
 from flask import current_app
 from sqlalchemy import and_, delete, exists, func, or_, select
 
+from cp import counters
 from cp.web import limits as ratelimit
 from cp.agent_api import signed
+from cp.background import partitions
 from cp.fleet.alerts import alert_payload, enqueue_events
 from cp.dbutil import insert, is_postgres
 from cp.extensions import db
 from cp.fleet.queries import stale_cutoff
 from cp.fleet.heartbeats import backup_age_alert
 from cp.delivery import rollouts
-from cp.models import Alert, Installation, OutboxEvent, SloSample
+from cp.models import Alert, Installation, OutboxEvent
 from cp.timeutil import isoformat, utcnow
 
 log = logging.getLogger("cp.background.sweeps")
@@ -160,11 +163,31 @@ def _chunked_delete(table, condition) -> int:
             return total
 
 
+def _prune_history(spec: partitions.Partitioned, now: datetime, days: int) -> int:
+    """Rows of a history table older than ``days``: on a partitioned table (PostgreSQL) the
+    partitions wholly past it are dropped (and the coming ones created,
+    ``cp.background.partitions``), elsewhere the rows are deleted in chunks. Returns how many
+    rows went."""
+    cutoff = now - timedelta(days=days)
+    table = db.metadata.tables[spec.table]
+    conn = db.session.connection()
+    if not partitions.is_partitioned(conn, spec.table):
+        return _chunked_delete(table, table.c[spec.column] < cutoff)
+    if not try_lock(f"partitions:{spec.table}"):
+        db.session.rollback()
+        return 0
+    partitions.ensure_ahead(conn, spec, now)
+    removed = partitions.drop_expired(conn, spec, cutoff)
+    db.session.commit()
+    return removed
+
+
 def prune_slo_history(now: datetime | None = None, days: int | None = None) -> int:
-    days = days or settings().slo_history_retention_days
-    cutoff = (now or utcnow()) - timedelta(days=days)
-    t = SloSample.__table__
-    return _chunked_delete(t, t.c.bucket < cutoff)
+    return _prune_history(partitions.SLO_SAMPLES, now or utcnow(), days or settings().slo_history_retention_days)
+
+
+def prune_events(now: datetime | None = None) -> int:
+    return _prune_history(partitions.INSTALLATION_EVENTS, now or utcnow(), settings().event_retention_days)
 
 
 def prune_outbox(now: datetime | None = None, days: int | None = None) -> int:
@@ -193,6 +216,7 @@ def prune_all(now: datetime | None = None, slo_days: int | None = None) -> dict[
     try:
         return {
             "slo_samples": prune_slo_history(now, slo_days),
+            "installation_events": prune_events(now),
             "outbox_events": prune_outbox(now),
             "agent_nonces": prune_nonces(now),
             "rate_limit_buckets": prune_rate_limits(),
@@ -217,6 +241,22 @@ def rollouts_tick(now: datetime | None = None) -> Any:
     return result
 
 
+# --- counters ------------------------------------------------------------------------------
+def compact_counters() -> int | None:
+    """Fold the exact counters' rows (``cp.counters.compact``); None when another worker does it."""
+    try:
+        if not try_lock("counters"):
+            db.session.rollback()
+            return None
+        folded = counters.compact()
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        raise
+    return folded
+
+
 def run_sweeps(now: datetime | None = None) -> dict[str, Any]:
     now = now or utcnow()
-    return {"stale": sweep_stale(now), "backup_age": sweep_backup_age(now), "rollouts": rollouts_tick(now)}
+    return {"stale": sweep_stale(now), "backup_age": sweep_backup_age(now), "rollouts": rollouts_tick(now),
+            "counters": compact_counters()}

@@ -44,6 +44,7 @@ from sqlalchemy import (ARRAY, Integer, String, and_, bindparam, case, cast, exi
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
+from cp import counters
 from cp.fleet import alerts as alert_domain
 from cp.dbutil import equal_to, get_by_id, is_postgres, paged
 from cp.errors import Conflict, Forbidden, Invalid, NotFound
@@ -162,25 +163,16 @@ def empty_counts() -> dict[str, int]:
 
 
 def job_counts(rollout_ids: list[int]) -> dict[int, dict[str, int]]:
-    """Rollout id -> job status -> count (every status present, zeros included)."""
-    out = {rid: empty_counts() for rid in rollout_ids}
-    if rollout_ids:
-        rows = db.session.execute(
-            select(jobs_t.c.rollout_id, jobs_t.c.status, func.count())
-            .where(jobs_t.c.rollout_id.in_(rollout_ids)).group_by(jobs_t.c.rollout_id, jobs_t.c.status)).all()
-        for rid, status, n in rows:
-            out[rid][status] = n
-    return out
+    """Rollout id -> job status -> count (every status present, zeros included), from the
+    exact counters (``cp.counters``)."""
+    return counters.job_counts(rollout_ids)
 
 
 def batch_counts(rollout: Rollout) -> list[dict[str, Any]]:
     """``[{"batch": 1, "opened": True, "jobs": {status: n}}, ...]`` for every batch."""
     per: dict[int, dict[str, int]] = {b: empty_counts() for b in range(1, rollout.batches + 1)}
-    rows = db.session.execute(
-        select(jobs_t.c.batch, jobs_t.c.status, func.count())
-        .where(jobs_t.c.rollout_id == rollout.id).group_by(jobs_t.c.batch, jobs_t.c.status)).all()
-    for batch, status, n in rows:
-        per.setdefault(batch, empty_counts())[status] = n
+    for batch, statuses in counters.job_batches([rollout.id]).get(rollout.id, {}).items():
+        per.setdefault(batch, empty_counts()).update(statuses)
     return [{"batch": b, "opened": b <= rollout.current_batch, "jobs": per[b]} for b in sorted(per)]
 
 

@@ -3,7 +3,8 @@
 Each figure is one indexed, aggregated query (a few milliseconds at 100,000 installations
 and a million alerts); lists are short (``LIST_LIMIT`` rows) and come with their totals.
 Also the per-batch job counts of rollouts, used by the dashboard's progress bars and by the
-rollout screens (``rollout_batches``).
+rollout screens (``rollout_batches``); those, the open alerts by level and the fleet by health
+and channel come from the exact counters (``cp.counters``), not from counting rows.
 """
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import joinedload
 
+from cp import counters
 from cp.extensions import db
 from cp.fleet.queries import stale_cutoff
 from cp.models import (
     HEALTH_VALUES,
     Alert,
     Installation,
-    Job,
     PluginRequest,
     RestoreVerification,
     Rollout,
@@ -76,18 +77,8 @@ class Dashboard:
 
 
 def rollout_batches(rollout_ids: list[int]) -> dict[int, dict[int, dict[str, int]]]:
-    """rollout id -> batch number -> job status -> count (one grouped query on the
-    ``jobs (rollout_id, batch, status)`` index)."""
-    out: dict[int, dict[int, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
-    if not rollout_ids:
-        return {}
-    rows = db.session.execute(
-        select(Job.rollout_id, Job.batch, Job.status, func.count(Job.id))
-        .where(Job.rollout_id.in_(rollout_ids))
-        .group_by(Job.rollout_id, Job.batch, Job.status)).all()
-    for rid, batch, status, n in rows:
-        out[rid][batch or 0][status] = n
-    return {rid: dict(b) for rid, b in out.items()}
+    """rollout id -> batch number -> job status -> count (the exact counters, ``cp.counters``)."""
+    return counters.job_batches(rollout_ids)
 
 
 def rollout_progress(rollouts: list[Rollout]) -> list[RolloutProgress]:
@@ -114,22 +105,19 @@ def build(now: datetime | None = None) -> Dashboard:
     session = db.session
     cutoff = stale_cutoff(now)
 
-    health_rows = session.execute(select(Installation.health, func.count()).group_by(Installation.health)).all()
-    health = {h or "unknown": n for h, n in health_rows}
+    health = {h or "unknown": n for h, n in counters.installations_by("health").items()}
     total = sum(health.values())
     by_health = [(h, health.get(h, 0)) for h in HEALTH_VALUES] + (
         [("unknown", health["unknown"])] if health.get("unknown") else [])
-    channel_rows = session.execute(
-        select(Installation.release_channel, func.count()).group_by(Installation.release_channel)).all()
-    by_channel = sorted(((c or "none", n) for c, n in channel_rows), key=lambda t: (-t[1], t[0]))
+    by_channel = sorted(((c or "none", n) for c, n in counters.installations_by("release_channel").items()),
+                        key=lambda t: (-t[1], t[0]))
 
     stale_cond = Installation.last_seen_at < cutoff
     stale_count = session.execute(select(func.count()).select_from(Installation).where(stale_cond)).scalar_one()
     stale = list(session.scalars(select(Installation).where(stale_cond)
                                  .order_by(Installation.last_seen_at.asc(), Installation.id.asc()).limit(LIST_LIMIT)))
 
-    open_levels = dict(session.execute(
-        select(Alert.level, func.count()).where(Alert.resolved_at.is_(None)).group_by(Alert.level)).all())
+    open_levels = counters.open_alerts_by_level()
     critical_count = open_levels.get("critical", 0)
     critical = list(session.scalars(
         select(Alert).options(joinedload(Alert.installation)).where(Alert.resolved_at.is_(None), Alert.level == "critical")

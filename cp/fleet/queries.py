@@ -2,7 +2,8 @@
 
 One implementation of every filter, shared by the JSON API (``cp.api.fleet``), the HTML
 views (``cp.web.pages``) and the admin panel. Lists are newest first with ties broken by id,
-and paginated with ``limit``/``offset``; totals come from one ``COUNT`` with the same filters.
+and paginated with ``limit``/``offset``; totals come from one ``COUNT`` with the same filters,
+except the alerts' total, which comes from the exact counters (``cp.counters``).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from flask import current_app
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import joinedload
 
+from cp import counters
 from cp.dbutil import Page, equal_to, paged, without_index_only_scans
 from cp.errors import NotFound
 from cp.extensions import db
@@ -155,9 +157,14 @@ def alert_filters(*, instance_id: str | None = None, status: str | None = None, 
 
 
 def list_alerts(*, limit: int = 50, offset: int = 0, **filters: Any) -> Page:
+    """Newest first; the exact ``total`` comes from the counters (``cp.counters``) unless the
+    list is one installation's (then a count of its rows on their index)."""
     conds = alert_filters(**filters)
+    # one installation's alerts: a count of its rows on their index; else the counters
+    total = None if filters.get("instance_id") else counters.alert_count(
+        **{k: v for k, v in filters.items() if k != "instance_id"})
     return paged(Alert, conds, newest=Alert.opened_at, limit=limit, offset=offset,
-                 options=(joinedload(Alert.installation),))
+                 options=(joinedload(Alert.installation),), total=total)
 
 
 def list_job_failures(*, limit: int = 50, offset: int = 0, instance_id: str | None = None,
