@@ -90,6 +90,8 @@ class DemoClient:
         self.tokens = {"ops": settings.ops_token, "admin": settings.admin_token}
 
     def _bearer(self, role: str) -> dict:
+        if role not in self.tokens:  # a person's token, issued by ``seed_people``
+            return {"Authorization": f"Bearer {role}"}
         if not self.tokens[role]:
             raise click.ClickException(f"Set CONTROL_PLANE_{role.upper()}_TOKEN: the demo acts as {role}.")
         return {"Authorization": f"Bearer {self.tokens[role]}"}
@@ -205,11 +207,23 @@ def seed_operations(demo: DemoClient, beats: list[dict]) -> None:
     demo.agent("/api/restores/report", {"instance_id": items[1]["instance_id"], "verification_id": items[1]["id"],
                                         "status": "failed", "duration_s": 35.0,
                                         "message": "pg_restore: relation \"invoices\" does not exist"})
+    ana = seed_people(demo)
     alerts = demo.read("/api/alerts?status=open&limit=4")["items"]
     for alert in alerts[:2]:
-        demo.person("ops", f"/api/alerts/{alert['id']}/acknowledge")
+        demo.person(ana, f"/api/alerts/{alert['id']}/acknowledge")
     for alert in alerts[2:3]:
         demo.person("ops", f"/api/alerts/{alert['id']}/resolve")
+
+
+def seed_people(demo: DemoClient) -> str:
+    """Named people beside the role tokens (one deactivated), and a personal token for the ops
+    person, which the triage then uses so the alerts and the audit log name her."""
+    ana = demo.person("admin", "/api/users", {"email": "ana@vendor.example", "name": "Ana Ops", "role": "ops"})
+    demo.person("admin", "/api/users", {"email": "sam@vendor.example", "name": "Sam Support", "role": "support"})
+    left = demo.person("admin", "/api/users", {"email": "lee@vendor.example", "name": "Lee Left", "role": "support"})
+    resp = demo._send("PATCH", f"/api/users/{left['id']}", json={"active": False}, headers=demo._bearer("admin"))
+    demo._check(resp, "deactivating a demo person")
+    return demo.person("admin", f"/api/users/{ana['id']}/tokens", {"name": "demo triage"})["token"]
 
 
 @click.command("seed-demo")

@@ -282,7 +282,7 @@ def test_0010_backfills_the_counters_and_downgrades(make_app, fresh_database_url
     app = make_app(CONTROL_PLANE_DATABASE_URL=fresh_database_url)
     now = sa.literal_column("CURRENT_TIMESTAMP")
     with app.app_context():
-        upgrade(revision="0008")
+        upgrade(revision="0009")
         with db.engine.begin() as conn:  # rows written before the counters existed
             for i, health in ((1, "ok"), (2, "down"), (3, None)):
                 conn.execute(sa.insert(Installation.__table__).values(
@@ -315,7 +315,7 @@ def test_0010_backfills_the_counters_and_downgrades(make_app, fresh_database_url
         assert counter_counts() == true_counts()
         db.session.remove()
 
-        downgrade(revision="0008")
+        downgrade(revision="0009")
         assert "counter_deltas" not in sa.inspect(db.engine).get_table_names()
         with db.engine.begin() as conn:  # no trigger left behind: writes still work
             conn.execute(sa.text("UPDATE jobs SET status = 'cancelled'"))

@@ -68,7 +68,7 @@ DIARY = [
     re.compile(r"\b(?:stop|item|issue|session)s? #?\d+", re.I),
     re.compile(r"\b(?:this|last|previous|next|earlier|same) session\b", re.I),
     re.compile(r"\b(?:this|that|the same) (?:morning|afternoon|evening)\b|\bthat day\b", re.I),
-    re.compile(r"(?<![\dT:.])(?:[01]?\d|2[0-3]):[0-5]\d(?![\d:])"),
+    re.compile(r"(?<![\dT:.+-])(?:[01]?\d|2[0-3]):[0-5]\d(?![\d:])"),  # a time of day, not a UTC offset
     re.compile(r"\.\./shared|CONTRACT\.md"),
 ]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")

@@ -111,10 +111,10 @@ class MyTokensView(ScopedRows, SecureModelView):
         return actor is not None and actor.person_id is not None and super().is_visible()
 
     def row_condition(self):
-        person_id = current_actor().person_id
-        if person_id is None:
+        actor = current_actor()
+        if actor is None or actor.person_id is None:  # a role token has no personal tokens
             return false()
-        return (ApiToken.user_id == person_id) & ApiToken.revoked_at.is_(None)
+        return (ApiToken.user_id == actor.person_id) & ApiToken.revoked_at.is_(None)
 
     def in_scope(self, model) -> bool:
         return model.user_id == current_actor().person_id and model.revoked_at is None
