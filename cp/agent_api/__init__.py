@@ -12,4 +12,3 @@ def init_app(app) -> None:
 
     csrf.exempt(bp)
     app.register_blueprint(bp)
-    heartbeats.init_app(app)

@@ -26,7 +26,7 @@ from flask import current_app, g, request
 from sqlalchemy import delete
 
 from cp import signing
-from cp.dbutil import insert
+from cp.dbutil import insert, transaction_settings
 from cp.errors import BadRequest, Forbidden, Unauthorized
 from cp.extensions import db
 from cp.web.parsing import check_object, decode_json, parse_json_object, require_json_content_type
@@ -75,9 +75,8 @@ class Signed(NamedTuple):
 
 
 def check_signature(raw: bytes, signature: str | None, timestamp: str | None) -> Signed:
-    """The agent signing rules, for the Flask gate and the heartbeat's WSGI path
-    (``cp.agent_api.heartbeats.FastPath``) alike: the request's signed parts, or 401
-    ``invalid_signature`` (raised, nothing logged)."""
+    """The agent signing rules: the request's signed parts, or 401 ``invalid_signature``
+    (raised, nothing logged)."""
     data = _json_object_or_none(raw)
     value = data.get("instance_id") if data is not None else None
     instance_id = value if isinstance(value, str) else None
@@ -131,22 +130,15 @@ def prune_nonces(now=None) -> int:
     return db.session.execute(delete(nonces).where(nonces.c.seen_at < cutoff)).rowcount or 0
 
 
-def agent_endpoint(view: Callable | None = None, *, counter: Callable | None = None,
-                   batched: Callable | None = None) -> Callable:
+def agent_endpoint(view: Callable) -> Callable:
     """Verify, parse and hand the view the JSON object; the view validates it with its schema.
 
-    ``counter(key, instance_id)``: counts the request in a statement of the endpoint's choosing
-    instead of ``cp.web.limits.count_agent_request`` (the heartbeat also locks its installation
-    in it); its result is ``g.agent_counted`` for the view. The order of the checks is the same.
-
-    ``batched(key)``: once the signature is verified, may take the whole request over (the
-    heartbeat's group commit): it returns the response, or raises the request's refusal (429,
-    replayed 401; the request was counted, and nothing else kept, in the batch's transaction),
-    or returns None to go on here, alone (a body that is not valid, so that 400/422 come after
-    the count as usual; or a batch that failed and rolled back).
+    The request's transaction first gets its lock and statement timeouts
+    (``cp.dbutil.transaction_settings``: a row held elsewhere fails this request alone, 503);
+    the rate-limit count and the nonce ride in it (no extra connection or commit on the hot
+    path). A request that fails or is refused rolls back, and then still counts: recounted in a
+    short transaction of its own.
     """
-    if view is None:
-        return lambda v: agent_endpoint(v, counter=counter, batched=batched)
 
     @wraps(view)
     def wrapped(*args, **kwargs):
@@ -154,19 +146,10 @@ def agent_endpoint(view: Callable | None = None, *, counter: Callable | None = N
         g.agent_instance_id = verify_request()
         from cp.web.limits import agent_key, count_agent_request, recount_agent_request
 
-        if batched is not None:
-            response = batched(agent_key(g.agent_instance_id))
-            if response is not None:
-                return current_app.make_response(response)
-        # The rate-limit count and the nonce ride in the request's own transaction (no extra
-        # connection or commit on the hot path). A request that fails or is refused rolls back,
-        # and then still counts: recounted in a short transaction of its own.
         key = agent_key(g.agent_instance_id)
         try:
-            if counter is not None:
-                g.agent_counted = counter(key, g.agent_instance_id)
-            else:
-                count_agent_request(key)
+            transaction_settings(db.session.connection())
+            count_agent_request(key)
             if g.agent_nonce is not None:
                 remember_nonce(g.agent_nonce)
             data = g.get("agent_json")
