@@ -608,7 +608,8 @@ def on_channel_change(installation_id: int, old_channel: str | None, new_channel
                       version: str | None, now: datetime | None = None) -> None:
     """Called by a heartbeat that registers an installation or changes its channel (with the
     installation row locked). Leaving a channel cancels its pending update jobs there; joining
-    a channel with an open rollout adds it to that rollout's last batch."""
+    a channel with an open rollout adds it to that rollout's last batch (flushed: the
+    heartbeat's answer reads it)."""
     now = now or utcnow()
     if old_channel and old_channel != new_channel:
         db.session.execute(update(jobs_t).where(
@@ -621,6 +622,9 @@ def on_channel_change(installation_id: int, old_channel: str | None, new_channel
         Rollout.kind == "core", Rollout.channel == new_channel, Rollout.status.in_(OPEN_STATUSES))).scalar()
     if rollout_id is not None:
         add_target(get_rollout(rollout_id, lock=True), installation_id, version, now)
+        # written now, so that what the heartbeat reads next in its transaction (its ``pending``)
+        # sees the job it just made
+        db.session.flush()
 
 
 def add_target(rollout: Rollout, installation_id: int, version: str | None, now: datetime) -> Job | None:
