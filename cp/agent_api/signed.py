@@ -76,11 +76,17 @@ class Signed(NamedTuple):
 
 def check_signature(raw: bytes, signature: str | None, timestamp: str | None) -> Signed:
     """The agent signing rules: the request's signed parts, or 401 ``invalid_signature``
-    (raised, nothing logged)."""
-    data = _json_object_or_none(raw)
-    value = data.get("instance_id") if data is not None else None
-    instance_id = value if isinstance(value, str) else None
-    if timestamp is None and current_app.config["CP_SETTINGS"].require_agent_timestamp:
+    (raised, nothing logged).
+
+    The HMAC is checked over the raw bytes before the body is decoded: first against the
+    shared token, and only a body that matches it is decoded (once; kept for the view), to
+    refuse an installation listed in CONTROL_PLANE_AGENT_SECRETS that signed with the shared
+    token. A body that does not match the shared token can only be an installation with its own
+    secret: it is decoded to read the ``instance_id`` that names the secret, and nothing else is
+    done with it before that secret's check (a body with no readable ``instance_id`` has only
+    the shared token to match)."""
+    cfg = current_app.config["CP_SETTINGS"]
+    if timestamp is None and cfg.require_agent_timestamp:
         raise _invalid(f"The {signing.TIMESTAMP_HEADER} header is required.")
     if timestamp is not None:
         # ASCII digits only (str.isdigit() accepts "²" or Arabic-Indic digits, which int() or the
@@ -89,7 +95,18 @@ def check_signature(raw: bytes, signature: str | None, timestamp: str | None) ->
             raise _invalid(f"The {signing.TIMESTAMP_HEADER} header must be unix seconds.")
         if abs(utcnow().timestamp() - float(timestamp)) > signing.REPLAY_WINDOW_SECONDS:
             raise _invalid("The request timestamp is outside the allowed window of 5 minutes.")
-    if not signing.verify(secret_for(instance_id), raw, signature, timestamp):
+    shared = signing.verify(cfg.agent_token, raw, signature, timestamp)
+    if not shared and not cfg.agent_secrets:
+        raise _Mismatch(None)  # refused unread: no installation has a secret of its own
+    data = _json_object_or_none(raw)
+    value = data.get("instance_id") if data is not None else None
+    instance_id = value if isinstance(value, str) else None
+    own = cfg.agent_secrets.get(instance_id) if instance_id is not None else None
+    if shared:
+        refused = own is not None  # a listed installation never signs with the shared token
+    else:
+        refused = own is None or not signing.verify(own, raw, signature, timestamp)
+    if refused:
         raise _Mismatch(instance_id)
     return Signed(instance_id, data, signature.strip().lower() if timestamp is not None else None)
 
