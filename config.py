@@ -292,24 +292,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CONTROL_PLANE_LOGIN_RATE_LIMIT", "login_rate_limit", "10", _int_min(1),
             "Failed login attempts (the login form, bearer tokens) per client address per minute; past "
             "it, wrong attempts get 429. Right credentials are never refused or counted."),
-    Setting("CONTROL_PLANE_HEARTBEAT_BATCH_MAX", "heartbeat_batch_max", "16", _int_min(1),
-            "Group commit: at most this many heartbeats, of distinct installations, that one process has "
-            "in flight share a transaction and its statements (`1`: every heartbeat alone). Those that come "
-            "in while a batch is being written are grouped; a heartbeat that finds its process quiet is "
-            "written at once, alone."),
-    Setting("CONTROL_PLANE_HEARTBEAT_BATCH_WAIT_MS", "heartbeat_batch_wait_ms", "2", _float_min(0),
-            "Group commit under load: before writing a batch, wait at most this long for more heartbeats, "
-            "only when the previous batch held several or others are already waiting, and only until the "
-            "batch holds as many as the process has threads. Adds at most this much to a heartbeat's "
-            "latency under load, for less CPU per heartbeat (docs/performance.md); a quiet process never "
-            "waits. `0`: never waits."),
-    Setting("CONTROL_PLANE_HEARTBEAT_SYNCHRONOUS_COMMIT", "heartbeat_synchronous_commit", "0", _bool,
-            "`1`: a heartbeat's transaction waits until PostgreSQL has flushed it to disk before the agent is "
-            "answered. `0`: it commits with `synchronous_commit = off` (that transaction only): about a fifth "
-            "more heartbeats per second on a 2-core host (docs/performance.md), and a crash of the database "
-            "server can forget the heartbeats acknowledged in its last moments (at most three times "
-            "`wal_writer_delay`, 0.6 s by default), which the installations report again with their next "
-            "heartbeat. The database stays consistent either way: a transaction is kept whole or not at all."),
+    Setting("CONTROL_PLANE_HEARTBEAT_SYNCHRONOUS_COMMIT", "heartbeat_synchronous_commit", "1", _bool,
+            "`1` (default): a heartbeat is answered 200 only once PostgreSQL has flushed its transaction to "
+            "disk, so a crash of the database server loses nothing acknowledged. `0` (opt-in, at your own "
+            "risk): the heartbeat's transaction commits with `synchronous_commit = off` (`SET LOCAL`, that "
+            "transaction only): the commit no longer waits for the disk, and a crash can forget the heartbeats "
+            "acknowledged in its last moments (up to three times `wal_writer_delay`, 0.6 s by default), "
+            "their alerts and job failures included. docs/operations.md, Durability."),
+    Setting("CONTROL_PLANE_DB_LOCK_TIMEOUT_MS", "db_lock_timeout_ms", "1000", _int_min(1),
+            "PostgreSQL: longest wait for a row lock in an agent request's transaction (heartbeats, job and "
+            "restore reports; `SET LOCAL lock_timeout`). Past it that request alone answers 503 and the agent "
+            "retries later; its neighbours are not held."),
+    Setting("CONTROL_PLANE_DB_STATEMENT_TIMEOUT_MS", "db_statement_timeout_ms", "5000", _int_min(1),
+            "PostgreSQL: longest run of one statement in an agent request's transaction "
+            "(`SET LOCAL statement_timeout`); past it that request answers 503."),
     Setting("CONTROL_PLANE_AGENT_RATE_LIMIT", "agent_rate_limit", "600", _int_min(1),
             "Agent requests per installation per minute."),
     Setting("CONTROL_PLANE_TRUSTED_PROXIES", "trusted_proxies", "0", _int_min(0),

@@ -5,12 +5,11 @@ One run: create a PostgreSQL database, migrate it (``flask --app cp db upgrade``
 in bulk SQL, time the reads and a rollout over the whole stable channel in-process, start the
 service and the floor (``bench/floor.py``) under the same gunicorn settings, send each of them
 one warm-up heartbeat per installation, then in each round measure the peak of each with ``wrk``
-(service, floor, bare floor, async floor) and, right after, the latency of the service and the
-floor at a fixed offered load of 80% of the service's peak of that round with the open-loop
-generator ``bench/paced.py`` (the round of the median p99 is reported), and the latency of the
-async floor (the floor committing as the service does) at 80% of its own peak: whether this
-machine can hold the latency target for a server whose peak is bound by the CPU. Prints a table
-and, as the last line, one JSON object.
+(service, floor, bare floor) and, right after, the latency of the service and the floor at a
+fixed offered load of half the floor's peak of that round with the open-loop generator
+``bench/paced.py`` (the round of the median p99 is reported). The floor commits as durably as
+the service's default (every commit waits for the WAL flush), so ``ratio`` compares like with
+like. Prints a table and, as the last line, one JSON object.
 The database is dropped at the end (``--keep-db`` keeps it).
 
     python -m bench.run --fleet 10000 --seconds 20
@@ -47,7 +46,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 WORKERS = 2
 THREADS = 8
 
-TARGETS = {"ratio_min": 0.60, "ratio_aim": 0.80, "p99_ms": 50.0, "read_ms": 50.0, "rollout_s": 10.0}
+TARGETS = {"ratio_min": 0.75, "ratio_aim": 0.80, "p99_ms": 50.0, "read_ms": 50.0, "rollout_s": 10.0}
 # the reads the 50 ms target is about (docs/performance.md, "Targets"); the others are timed for information
 TARGET_READS = ("fleet_page", "fleet_filtered_down", "installation_page", "api_installations_down",
                 "updates_next_target", "updates_next_nontarget")
@@ -330,23 +329,18 @@ def print_report(res: dict) -> None:
     p(f"peak: service {hb['service_hb_per_s']:,.0f}/s, floor (minimal Flask app) {hb['floor_hb_per_s']:,.0f}/s, "
       f"ratio {hb['ratio']:.2f} (target >= {TARGETS['ratio_min']:.2f}, aim {TARGETS['ratio_aim']:.2f}); "
       f"bare WSGI floor {hb['bare_floor_hb_per_s']:,.0f}/s, ratio {hb['ratio_to_bare']:.2f}")
-    p(f"at {hb['offered_rate']:,.0f}/s offered (80% of the service's peak of the same round, the round of the "
+    p(f"at {hb['offered_rate']:,.0f}/s offered (half the floor's peak of the same round, the round of the "
       f"median p99; open loop, {hb['paced_connections']} connections, {hb['paced_event_loop']}): service p50 "
-      f"{hb['service_p50_ms']} ms, p99 {hb['service_p99_ms']} ms; floor p50 {hb['floor_p50_ms']} ms, p99 "
-      f"{hb['floor_p99_ms']} ms (target p99 < {TARGETS['p99_ms']:.0f} ms)")
-    p("every round's p99 at 80% of its own peak: service "
+      f"{hb['service_p50_ms']} ms, p99 {hb['service_p99_at_half_floor_ms']} ms; floor p50 {hb['floor_p50_ms']} ms, "
+      f"p99 {hb['floor_p99_at_half_floor_ms']} ms (target: the service's p99 < {TARGETS['p99_ms']:.0f} ms)")
+    p("every round's p99 at half the floor's peak: service "
       + ", ".join(f"{v} ms at {o:,.0f}/s" for v, o in zip(hb["service_p99_ms_rounds"], hb["offered_rates"]))
       + "; floor " + ", ".join(f"{v} ms" for v in hb["floor_p99_ms_rounds"]))
-    p(f"reference: the floor committing asynchronously, as the service does (peak {hb['async_floor_hb_per_s']:,.0f}/s), "
-      "at 80% of its own peak: "
-      + ", ".join(f"{v} ms at {o:,.0f}/s" for v, o in zip(hb["async_floor_p99_ms_rounds"],
-                                                          hb["async_floor_offered_rates"]))
-      + f" (median {hb['async_floor_p99_ms']} ms)")
     if hb.get("service_side"):
         s = hb["service_side"]
         p(f"server-side duration_ms of those heartbeats (cp.web.logs): p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms")
-    p(f"sizing: {hb['installations_at_80pct']:,} installations at one heartbeat a minute on this host at 80% load "
-      f"({hb['installations_per_core_at_80pct']:,} per core)")
+    p(f"sizing: {hb['installations_at_80pct']:,} installations at one heartbeat a minute on this host at 80% of "
+      f"the service's peak ({hb['installations_per_core_at_80pct']:,} per core)")
     p("")
     p(f"Server-side times (in-process, median and worst of {res['reads_repeat']} runs; target: median < "
       f"{TARGETS['read_ms']:.0f} ms for the ones marked *, rollout creation < {TARGETS['rollout_s']:.0f} s)")
@@ -476,9 +470,6 @@ def main(argv: list[str] | None = None) -> int:
         bare = Server("bare floor", "bench.floor:bare", env, work / "bare.log", a.workers, a.threads,
                          a.worker_class).start()
         servers.append(bare)
-        async_floor = Server("async floor", "bench.floor:app", {**env, "BENCH_FLOOR_ASYNC_COMMIT": "1"},
-                             work / "async_floor.log", a.workers, a.threads, a.worker_class).start()
-        servers.append(async_floor)
         probes = {s.name: CpuProbe(s.proc.pid, server_dsn, dbname) for s in servers}
         for s in servers:
             t0 = time.monotonic()
@@ -497,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
 
         runs = []
         peaks: dict[str, list[float]] = {s.name: [] for s in servers}
-        rounds: list[dict] = []  # per round: the offered rates and the paced runs of the service and both floors
+        rounds: list[dict] = []  # per round: the offered rate and the paced runs of the service and the floor
         for rnd in range(1, a.rounds + 1):
             for s in servers:
                 r = run_wrk(wrk, s, bodies, a.seconds, a.connections, a.wrk_threads, probes[s.name])
@@ -509,16 +500,12 @@ def main(argv: list[str] | None = None) -> int:
                              "postgres_cores": r["postgres_cores"], "generator_cores": r["generator_cores"],
                              "machine_busy_cores": r["machine_busy_cores"]})
                 log(f"{runs[-1]['name']}: {r['rate']:.0f}/s")
-            # the latency at 80% of the peak the service has just shown, measured right after it: the
-            # machine's speed drifts over minutes, so a peak from an earlier round can be a load the
-            # machine no longer carries by the time of the paced run
-            offered = round(0.8 * peaks[service.name][-1], 1)
-            # the reference for the latency target: the floor committing as the service does (its peak
-            # bound by the CPU too, not by the WAL flush) at 80% of its own peak of this round
-            rates = {service.name: offered, floor.name: offered,
-                     async_floor.name: round(0.8 * peaks[async_floor.name][-1], 1)}
+            # the latency at half the peak the floor has just shown, measured right after it (the
+            # machine's speed drifts over minutes), the same offered load for the service and the floor
+            offered = round(0.5 * peaks[floor.name][-1], 1)
+            rates = {service.name: offered, floor.name: offered}
             paced: dict[str, dict] = {}
-            for s in (service, floor, async_floor):
+            for s in (service, floor):
                 mark = s.logfile.stat().st_size
                 r = run_paced(s, bodies, rate=rates[s.name], seconds=a.seconds, connections=paced_connections,
                               probe=probes[s.name])
@@ -535,8 +522,8 @@ def main(argv: list[str] | None = None) -> int:
                              "server_cores": r["server_cores"], "postgres_cores": r["postgres_cores"],
                              "generator_cores": r["generator_cores"], "machine_busy_cores": r["machine_busy_cores"]})
                 log(f"{runs[-1]['name']}: p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms")
-            rounds.append({"offered": offered, "async_floor_offered": rates[async_floor.name], **paced})
-        service_peak, floor_peak, bare_peak, async_peak = (max(peaks[s.name]) for s in servers)
+            rounds.append({"offered": offered, **paced})
+        service_peak, floor_peak, bare_peak = (max(peaks[s.name]) for s in servers)
         # the round reported: the median of the service's p99 over the rounds (the worse one of the two
         # middle rounds when their number is even); every round is in the table and the JSON
         paced = median_round(rounds)
@@ -555,28 +542,24 @@ def main(argv: list[str] | None = None) -> int:
             "service_hb_per_s": round(service_peak, 1), "floor_hb_per_s": round(floor_peak, 1),
             "ratio": round(service_peak / floor_peak, 3), "offered_rate": offered,
             "bare_floor_hb_per_s": round(bare_peak, 1), "ratio_to_bare": round(service_peak / bare_peak, 3),
-            "service_p50_ms": paced["service"]["p50_ms"], "service_p99_ms": paced["service"]["p99_ms"],
-            "floor_p50_ms": paced["floor"]["p50_ms"], "floor_p99_ms": paced["floor"]["p99_ms"],
+            "service_p50_ms": paced["service"]["p50_ms"], "service_p99_at_half_floor_ms": paced["service"]["p99_ms"],
+            "floor_p50_ms": paced["floor"]["p50_ms"], "floor_p99_at_half_floor_ms": paced["floor"]["p99_ms"],
             "service_side": paced["service"].get("service_side"),
-            "installations_at_80pct": int(offered * 60),
-            "installations_per_core_at_80pct": int(offered * 60 / (os.cpu_count() or 1)),
+            "installations_at_80pct": int(0.8 * service_peak * 60),
+            "installations_per_core_at_80pct": int(0.8 * service_peak * 60 / (os.cpu_count() or 1)),
             "wrk_cpu_cores": round(max(r["generator_cores"] for r in runs if "wrk" in r["name"]), 2),
             "paced_cpu_cores": round(max(r[k]["generator_cores"] for r in rounds
-                                         for k in ("service", "floor", "async floor")), 2),
+                                         for k in ("service", "floor")), 2),
             "paced_connections": paced_connections, "paced_event_loop": paced["service"].get("event_loop"),
             "offered_rates": [r["offered"] for r in rounds],
             "service_p99_ms_rounds": [r["service"]["p99_ms"] for r in rounds],
             "floor_p99_ms_rounds": [r["floor"]["p99_ms"] for r in rounds],
-            "async_floor_hb_per_s": round(async_peak, 1),
-            "async_floor_offered_rates": [r["async_floor_offered"] for r in rounds],
-            "async_floor_p99_ms_rounds": [r["async floor"]["p99_ms"] for r in rounds],
-            "async_floor_p99_ms": median_round(rounds, "async floor")["async floor"]["p99_ms"],
         }
         reads = target_reads(res["server_side"], res.get("server_side_after_load", {}),
                              res.get("server_side_after_vacuum"))
         met = {
-            "throughput_ratio_60pct": res["heartbeats"]["ratio"] >= TARGETS["ratio_min"],
-            "p99_under_50ms": (res["heartbeats"]["service_p99_ms"] < TARGETS["p99_ms"]
+            "throughput_ratio": res["heartbeats"]["ratio"] >= TARGETS["ratio_min"],
+            "p99_at_half_floor_under_50ms": (res["heartbeats"]["service_p99_at_half_floor_ms"] < TARGETS["p99_ms"]
                                and not paced["service"]["unfinished"]),
         }
         if reads:
@@ -605,10 +588,8 @@ def main(argv: list[str] | None = None) -> int:
         "offered_rate": hb["offered_rate"],
         "offered_rates": hb["offered_rates"], "service_p99_ms_rounds": hb["service_p99_ms_rounds"],
         "floor_p99_ms_rounds": hb["floor_p99_ms_rounds"],
-        "async_floor_hb_per_s": hb["async_floor_hb_per_s"], "async_floor_offered_rates": hb["async_floor_offered_rates"],
-        "async_floor_p99_ms_rounds": hb["async_floor_p99_ms_rounds"], "async_floor_p99_ms": hb["async_floor_p99_ms"],
-        "service_p50_ms": hb["service_p50_ms"], "service_p99_ms": hb["service_p99_ms"],
-        "floor_p50_ms": hb["floor_p50_ms"], "floor_p99_ms": hb["floor_p99_ms"],
+        "service_p50_ms": hb["service_p50_ms"], "service_p99_at_half_floor_ms": hb["service_p99_at_half_floor_ms"],
+        "floor_p50_ms": hb["floor_p50_ms"], "floor_p99_at_half_floor_ms": hb["floor_p99_at_half_floor_ms"],
         "service_side_heartbeat_ms": hb["service_side"],
         "server_side_ms": {k: v["p50_ms"] for k, v in res["server_side"].items() if "p50_ms" in v},
         "server_side_after_load_ms": {k: v["p50_ms"] for k, v in res.get("server_side_after_load", {}).items()},

@@ -6,7 +6,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event, exc, func, select, text
+from flask import current_app
+from sqlalchemy import event, exc, func, select, text, true
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cp.errors import NotFound
@@ -115,3 +116,28 @@ def init_app(app) -> None:
         engine = db.engine
     if engine.dialect.name != "sqlite":  # an embedded file has no connection to lose
         ping_idle_connections(engine, app.config["CP_SETTINGS"].db_ping_idle_seconds)
+
+
+def transaction_settings(conn) -> None:
+    """PostgreSQL: bound how long the current transaction may wait for a lock
+    (CONTROL_PLANE_DB_LOCK_TIMEOUT_MS) and run one statement
+    (CONTROL_PLANE_DB_STATEMENT_TIMEOUT_MS), so a row another transaction holds fails this one
+    request quickly (503, ``cp.web.errors``) instead of holding its thread. ``set_config(...,
+    true)`` is ``SET LOCAL``: this transaction only, so it is safe behind a transaction-pooling
+    PgBouncer. Other backends: nothing."""
+    if conn.dialect.name != "postgresql":
+        return
+    cfg = current_app.config["CP_SETTINGS"]
+    _set_local(conn, lock_timeout=f"{cfg.db_lock_timeout_ms}ms", statement_timeout=f"{cfg.db_statement_timeout_ms}ms")
+
+
+def commit_without_flush_wait(conn) -> None:
+    """PostgreSQL: this transaction's COMMIT returns before its WAL is flushed to disk
+    (``synchronous_commit = off`` for it alone): faster, and a crash of the database server can
+    forget it although it was acknowledged. Only where a setting opts in. Other backends: nothing."""
+    if conn.dialect.name == "postgresql":
+        _set_local(conn, synchronous_commit="off")
+
+
+def _set_local(conn, **values: str) -> None:
+    conn.execute(select(*(func.set_config(name, value, true()) for name, value in values.items())))

@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from cp.extensions import db
 from cp.models import Installation
 from cp.signing import sign
-from tests.conftest import AGENT_SECRETS, AGENT_TOKEN
+from tests.conftest import AGENT_SECRETS, AGENT_TOKEN, Agent
 
 
 def count(app):
@@ -99,3 +99,20 @@ def test_signing_uses_constant_time_compare(monkeypatch, app, agent):
     monkeypatch.setattr(cp.signing.hmac, "compare_digest", lambda a, b: calls.append(1) or real(a, b))
     agent.raw("/api/heartbeats", body(), signature="0" * 64)
     assert calls
+
+
+DEEP = b'{"instance_id": "acme-001", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+@pytest.mark.parametrize("secrets", ["", '{"mapped-001": "mapped-secret-001"}'], ids=["shared-only", "listed"])
+def test_the_signature_is_checked_before_a_hostile_body_is_decoded(make_app, secrets):
+    """A wrongly signed body is refused 401 whatever it holds (here JSON nested 100,000 levels
+    deep, which a decoder must refuse): with the shared token alone it is never decoded."""
+    app = make_app(CONTROL_PLANE_AGENT_SECRETS=secrets)
+    agent = Agent(app.test_client())
+    resp = agent.raw("/api/heartbeats", DEEP, secret="not-the-secret-0123456789")
+    assert resp.status_code == 401 and resp.get_json()["error"] == "invalid_signature"
+    resp = agent.raw("/api/heartbeats", b"\xff\xfe not json", secret="not-the-secret-0123456789")
+    assert resp.status_code == 401 and resp.get_json()["error"] == "invalid_signature"
+    # correctly signed, the same bytes reach the decoder, which refuses them
+    assert agent.raw("/api/heartbeats", b"\xff\xfe not json").status_code == 400

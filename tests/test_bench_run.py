@@ -1,4 +1,4 @@
-"""``bench.run``: which paced round the bench reports; ``bench.floor``: how the floors commit."""
+"""``bench.run``: which paced round the bench reports; ``bench.floor``: how the floor commits."""
 from __future__ import annotations
 
 import importlib
@@ -29,13 +29,6 @@ def test_a_round_that_fell_behind_counts_as_the_worst_whatever_its_p99():
     assert median_round([rnd(1000, 10.0, unfinished=5)])["offered"] == 1000
 
 
-def test_the_reference_floor_has_its_own_median_round():
-    rounds = [dict(rnd(1000, service_p99), **{"async floor": {"p99_ms": p99, "unfinished": 0}}, async_floor_offered=o)
-              for service_p99, p99, o in ((50.0, 70.0, 1300), (10.0, 20.0, 1400), (90.0, 45.0, 1200))]
-    assert median_round(rounds, "async floor")["async_floor_offered"] == 1200
-    assert median_round(rounds)["async floor"]["p99_ms"] == 70.0  # the service's median round is another
-
-
 @pytest.fixture
 def floor_module(monkeypatch, migrated):
     """``bench.floor`` imported afresh with the environment the bench gives it (it reads it at
@@ -44,7 +37,6 @@ def floor_module(monkeypatch, migrated):
         dsn = make_url(migrated).set(drivername="postgresql").render_as_string(hide_password=False)
         monkeypatch.setenv("BENCH_FLOOR_DSN", dsn)
         monkeypatch.setenv("CONTROL_PLANE_AGENT_TOKEN", "t" * 32)
-        monkeypatch.delenv("BENCH_FLOOR_ASYNC_COMMIT", raising=False)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         sys.modules.pop("bench.floor", None)
@@ -61,10 +53,9 @@ def floor_module(monkeypatch, migrated):
     sys.modules.pop("bench.floor", None)
 
 
-@pytest.mark.parametrize("env, expected", [({}, "on"), ({"BENCH_FLOOR_ASYNC_COMMIT": "1"}, "off")])
-def test_the_async_floor_commits_as_the_service_heartbeats_do(floor_module, postgres_only, env, expected):
-    floor = floor_module(**env)
-    assert floor._conn().execute("SHOW synchronous_commit").fetchone()[0] == expected
+def test_the_floor_commits_as_durably_as_the_service_default(floor_module, postgres_only):
+    floor = floor_module()
+    assert floor._conn().execute("SHOW synchronous_commit").fetchone()[0] == "on"
 
 
 def reads(**medians: float) -> dict:

@@ -16,14 +16,14 @@ from cp.models import Alert, JobFailure
 
 SIZES = (0, 1, 50, 200)
 
-# Statements per heartbeat request, by backend (docs/performance.md, "The heartbeat's statements").
-# PostgreSQL, steady state: (1) the rate-limit count with the installation row locked and read,
-# (2) everything else: the installation's new values, the alert sweep, new alerts, history
-# events, the job-failure upsert, the SLO point and what waits for the agent. A first heartbeat
-# adds the registration INSERT and the rollout channel hook's lookup.
-# SQLite runs the portable statements (one per step).
+# Statements per heartbeat request, by backend (docs/performance.md, "Heartbeats"). The same
+# statements on both, one per step: the rate-limit count, the installation locked and read, then
+# updated, the alert sweep, the job-failure upsert, the SLO point, what waits for the agent; a
+# first heartbeat registers the installation and looks for rollouts of its channel instead of
+# updating and sweeping; new alerts add one INSERT. PostgreSQL adds the transaction's timeouts
+# (``cp.dbutil.transaction_settings``).
 BUDGET = {
-    "postgresql": {"first": 4, "steady": 2, "churn": 2},
+    "postgresql": {"first": 9, "steady": 8, "churn": 9},
     "sqlite": {"first": 8, "steady": 7, "churn": 8},
 }
 

@@ -466,6 +466,16 @@ def test_joining_the_channel_adds_to_the_last_batch(app, client, agent, setup):
     assert [(b, s) for _i, iid, b, s, _a in jobs_of(app, rid) if iid == "inst-001"] == [(3, "pending")]
 
 
+def test_the_heartbeat_that_joins_a_channel_says_its_update_waits(app, client, agent, setup):
+    """The job a channel change makes is in that same heartbeat's ``pending``, as
+    ``/api/updates/next`` would hand it out (one batch: the last batch is the current one)."""
+    rollout(client, batch_size=10)
+    assert beat(agent, "beta-001", "1.2.0", "stable")["pending"]["update"] is True  # moves beta -> stable
+    assert beat(agent, "new-001", "1.1.0", "stable")["pending"]["update"] is True  # registers on stable
+    assert next_job(agent, "beta-001")["version"] == "1.3.0"
+    assert beat(agent, "new-001", "1.1.0", "beta")["pending"]["update"] is False  # leaves: cancelled
+
+
 # --- pages ---------------------------------------------------------------------------------
 def test_releases_behind(app, client, agent, setup, login_as):
     publish(client, "1.2.5")

@@ -1,6 +1,7 @@
 """The signed agent endpoints (``/api/heartbeats``, ``/api/updates/*``, ``/api/restores/report``,
 ``/api/plugins/{requests,next,report}``). Every view is wrapped by ``agent_endpoint``, which
-checks the signature over the raw body before anything is parsed or stored."""
+checks the signature over the raw body before the body is validated or stored
+(``cp.agent_api.signed.check_signature``)."""
 from flask import Blueprint
 
 bp = Blueprint("agent_api", __name__, url_prefix="/api")
@@ -12,4 +13,3 @@ def init_app(app) -> None:
 
     csrf.exempt(bp)
     app.register_blueprint(bp)
-    heartbeats.init_app(app)

@@ -27,7 +27,7 @@ from sqlalchemy import delete
 
 from config import INSTANCE_ID_RE
 from cp import signing
-from cp.dbutil import insert
+from cp.dbutil import insert, transaction_settings
 from cp.errors import BadRequest, Forbidden, Unauthorized
 from cp.extensions import db
 from cp.web.parsing import check_object, decode_json, parse_json_object, require_json_content_type
@@ -76,15 +76,18 @@ class Signed(NamedTuple):
 
 
 def check_signature(raw: bytes, signature: str | None, timestamp: str | None) -> Signed:
-    """The agent signing rules, for the Flask gate and the heartbeat's WSGI path
-    (``cp.agent_api.heartbeats.FastPath``) alike: the request's signed parts, or 401
-    ``invalid_signature`` (raised, nothing logged)."""
-    data = _json_object_or_none(raw)
-    value = data.get("instance_id") if data is not None else None
-    # only a well-formed id names an installation (its secret, rate-limit count and lock); any
-    # other value is checked against the shared token and then refused by the schema (422)
-    instance_id = value if isinstance(value, str) and INSTANCE_ID_RE.fullmatch(value) else None
-    if timestamp is None and current_app.config["CP_SETTINGS"].require_agent_timestamp:
+    """The agent signing rules: the request's signed parts, or 401 ``invalid_signature``
+    (raised, nothing logged).
+
+    The HMAC is checked over the raw bytes before the body is decoded: first against the
+    shared token, and only a body that matches it is decoded (once; kept for the view), to
+    refuse an installation listed in CONTROL_PLANE_AGENT_SECRETS that signed with the shared
+    token. A body that does not match the shared token can only be an installation with its own
+    secret: it is decoded to read the ``instance_id`` that names the secret, and nothing else is
+    done with it before that secret's check (a body with no readable ``instance_id`` has only
+    the shared token to match)."""
+    cfg = current_app.config["CP_SETTINGS"]
+    if timestamp is None and cfg.require_agent_timestamp:
         raise _invalid(f"The {signing.TIMESTAMP_HEADER} header is required.")
     if timestamp is not None:
         # ASCII digits only (str.isdigit() accepts "²" or Arabic-Indic digits, which int() or the
@@ -93,7 +96,20 @@ def check_signature(raw: bytes, signature: str | None, timestamp: str | None) ->
             raise _invalid(f"The {signing.TIMESTAMP_HEADER} header must be unix seconds.")
         if abs(utcnow().timestamp() - float(timestamp)) > signing.REPLAY_WINDOW_SECONDS:
             raise _invalid("The request timestamp is outside the allowed window of 5 minutes.")
-    if not signing.verify(secret_for(instance_id), raw, signature, timestamp):
+    shared = signing.verify(cfg.agent_token, raw, signature, timestamp)
+    if not shared and not cfg.agent_secrets:
+        raise _Mismatch(None)  # refused unread: no installation has a secret of its own
+    data = _json_object_or_none(raw)
+    value = data.get("instance_id") if data is not None else None
+    # only a well-formed id names an installation (its secret, rate-limit count and lock); any
+    # other value is checked against the shared token and then refused by the schema (422)
+    instance_id = value if isinstance(value, str) and INSTANCE_ID_RE.fullmatch(value) else None
+    own = cfg.agent_secrets.get(instance_id) if instance_id is not None else None
+    if shared:
+        refused = own is not None  # a listed installation never signs with the shared token
+    else:
+        refused = own is None or not signing.verify(own, raw, signature, timestamp)
+    if refused:
         raise _Mismatch(instance_id)
     return Signed(instance_id, data, signature.strip().lower() if timestamp is not None else None)
 
@@ -134,22 +150,15 @@ def prune_nonces(now=None) -> int:
     return db.session.execute(delete(nonces).where(nonces.c.seen_at < cutoff)).rowcount or 0
 
 
-def agent_endpoint(view: Callable | None = None, *, counter: Callable | None = None,
-                   batched: Callable | None = None) -> Callable:
+def agent_endpoint(view: Callable) -> Callable:
     """Verify, parse and hand the view the JSON object; the view validates it with its schema.
 
-    ``counter(key, instance_id)``: counts the request in a statement of the endpoint's choosing
-    instead of ``cp.web.limits.count_agent_request`` (the heartbeat also locks its installation
-    in it); its result is ``g.agent_counted`` for the view. The order of the checks is the same.
-
-    ``batched(key)``: once the signature is verified, may take the whole request over (the
-    heartbeat's group commit): it returns the response, or raises the request's refusal (429,
-    replayed 401; the request was counted, and nothing else kept, in the batch's transaction),
-    or returns None to go on here, alone (a body that is not valid, so that 400/422 come after
-    the count as usual; or a batch that failed and rolled back).
+    The request's transaction first gets its lock and statement timeouts
+    (``cp.dbutil.transaction_settings``: a row held elsewhere fails this request alone, 503);
+    the rate-limit count and the nonce ride in it (no extra connection or commit on the hot
+    path). A request that fails or is refused rolls back, and then still counts: recounted in a
+    short transaction of its own.
     """
-    if view is None:
-        return lambda v: agent_endpoint(v, counter=counter, batched=batched)
 
     @wraps(view)
     def wrapped(*args, **kwargs):
@@ -157,19 +166,10 @@ def agent_endpoint(view: Callable | None = None, *, counter: Callable | None = N
         g.agent_instance_id = verify_request()
         from cp.web.limits import agent_key, count_agent_request, recount_agent_request
 
-        if batched is not None:
-            response = batched(agent_key(g.agent_instance_id))
-            if response is not None:
-                return current_app.make_response(response)
-        # The rate-limit count and the nonce ride in the request's own transaction (no extra
-        # connection or commit on the hot path). A request that fails or is refused rolls back,
-        # and then still counts: recounted in a short transaction of its own.
         key = agent_key(g.agent_instance_id)
         try:
-            if counter is not None:
-                g.agent_counted = counter(key, g.agent_instance_id)
-            else:
-                count_agent_request(key)
+            transaction_settings(db.session.connection())
+            count_agent_request(key)
             if g.agent_nonce is not None:
                 remember_nonce(g.agent_nonce)
             data = g.get("agent_json")

@@ -28,8 +28,12 @@ Rules
   above ``max_failure_ratio``, pauses the rollout and opens a critical ``rollout`` alert;
   ``auto_advance`` opens the next batch once at least ``success_ratio`` of the current batch
   succeeded, none failed, and ``soak_minutes`` passed since that ratio was reached (``tick``).
-- Concurrency (PostgreSQL row locks): every state change of a rollout locks its row first
-  (``SELECT ... FOR UPDATE``); job rows are locked after the rollout row, never before it.
+- Concurrency (PostgreSQL row locks), one order everywhere: the installation, then the
+  rollout, then its jobs. Every state change of a rollout locks its row first (``SELECT ...
+  FOR UPDATE``); job rows are locked after the rollout row, never before it. An agent's
+  request that changes its jobs (a report; a heartbeat changing its channel) locks its
+  installation's row before either, so one installation's requests never wait on each other in
+  a cycle (``tests/test_lock_order.py``).
 """
 from __future__ import annotations
 
@@ -542,9 +546,11 @@ def report_job(job_kind: str, instance_id: str, job_id: int, status: str, messag
         raise NotFound(f"No job with id {job_id}.", code="unknown_job")
     if ref.instance_id != instance_id:
         raise Forbidden("This job belongs to another installation.", code="forbidden")
+    # lock order (module docstring): the installation (as its heartbeat does), the rollout, the job
+    db.session.execute(select(inst_t.c.id).where(inst_t.c.instance_id == instance_id).with_for_update())
     rollout = None
     if status == "failed" and ref.rollout_id is not None:
-        rollout = get_rollout(ref.rollout_id, lock=True)  # lock order: rollout, then job
+        rollout = get_rollout(ref.rollout_id, lock=True)
     job = db.session.scalars(select(Job).where(Job.id == job_id).with_for_update(of=Job)
                              .execution_options(populate_existing=True)).one()
     if job.status in JOB_FINISHED:
@@ -584,19 +590,30 @@ def on_channel_change(installation_id: int, old_channel: str | None, new_channel
                       version: str | None, now: datetime | None = None) -> None:
     """Called by a heartbeat that registers an installation or changes its channel (with the
     installation row locked). Leaving a channel cancels its pending update jobs there; joining
-    a channel with an open rollout adds it to that rollout's last batch."""
+    a channel with an open rollout adds it to that rollout's last batch (flushed: the
+    heartbeat's answer reads it)."""
     now = now or utcnow()
     if old_channel and old_channel != new_channel:
-        db.session.execute(update(jobs_t).where(
-            jobs_t.c.installation_id == installation_id, jobs_t.c.kind == "update", jobs_t.c.status == "pending",
-            jobs_t.c.rollout_id.in_(select(Rollout.id).where(Rollout.kind == "core", Rollout.channel == old_channel)))
-            .values(status="cancelled", message=f"left channel {old_channel}", finished_at=now, updated_at=now))
+        # the rollouts of its pending jobs there, locked before the jobs (the lock order)
+        left = db.session.scalars(select(Rollout.id).where(
+            Rollout.kind == "core", Rollout.channel == old_channel,
+            Rollout.id.in_(select(jobs_t.c.rollout_id).where(
+                jobs_t.c.installation_id == installation_id, jobs_t.c.kind == "update", jobs_t.c.status == "pending")))
+            .order_by(Rollout.id).with_for_update()).all()
+        if left:
+            db.session.execute(update(jobs_t).where(
+                jobs_t.c.installation_id == installation_id, jobs_t.c.kind == "update", jobs_t.c.status == "pending",
+                jobs_t.c.rollout_id.in_(left))
+                .values(status="cancelled", message=f"left channel {old_channel}", finished_at=now, updated_at=now))
     if not new_channel:
         return
     rollout_id = db.session.execute(select(Rollout.id).where(
         Rollout.kind == "core", Rollout.channel == new_channel, Rollout.status.in_(OPEN_STATUSES))).scalar()
     if rollout_id is not None:
         add_target(get_rollout(rollout_id, lock=True), installation_id, version, now)
+        # written now, so that what the heartbeat reads next in its transaction (its ``pending``)
+        # sees the job it just made
+        db.session.flush()
 
 
 def add_target(rollout: Rollout, installation_id: int, version: str | None, now: datetime) -> Job | None:

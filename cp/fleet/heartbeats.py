@@ -28,7 +28,6 @@ from sqlalchemy import Integer, bindparam, case, func, literal, null, select, tr
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cp.fleet.alerts import agent_alert_fingerprint, alert_payload, enqueue_events, job_failure_fingerprint
-from cp import fastsql, heartbeat_pg
 from cp.extensions import db
 from cp.models import (
     HEARTBEAT_MANAGED_SOURCES,
@@ -76,7 +75,7 @@ class HeartbeatResult:
     received_at: datetime
     opened: int
     resolved: int
-    pending: dict | None = None  # ``pending_for``'s answer when read along (``with_pending``)
+    pending: dict | None = None  # ``pending_for``'s answer (``with_pending``)
 
 
 def slo_bucket(now: datetime) -> datetime:
@@ -135,214 +134,111 @@ def backup_age_alert(last_backup: datetime, now: datetime) -> DesiredAlert | Non
         f"Last backup is {hours:.1f} hours old, over the limit of {_fmt(limit_hours)} hours.")
 
 
-class _NotLocked:
-    def __repr__(self) -> str:
-        return "NOT_LOCKED"
+@dataclass
+class Planned:
+    """What one heartbeat will write once its installation row is locked and updated."""
+    installation_id: int
+    sweep: bool  # an existing installation: sweep its open alerts (a new one has none)
+    desired: list[DesiredAlert]
+    keep: list[str]
+    events: list[dict]
+    failures: list[dict]
+    slo: dict | None
 
 
-NOT_LOCKED = _NotLocked()
+def record_heartbeat(data: dict, now: datetime | None = None, *, with_pending: bool = False) -> HeartbeatResult:
+    """Apply one validated heartbeat (see ``HeartbeatSchema``) in the current transaction.
 
-
-def commit_mode() -> str:
-    """The ``synchronous_commit`` of a heartbeat's transaction on PostgreSQL, set by its first
-    statement (``cp.heartbeat_pg.TX_SETTINGS``): ``'off'`` (the COMMIT does not wait for the WAL
-    flush: a database crash can forget the last fraction of a second of heartbeats, which the
-    installations report again a minute later) unless CONTROL_PLANE_HEARTBEAT_SYNCHRONOUS_COMMIT."""
-    return "on" if current_app.config["CP_SETTINGS"].heartbeat_synchronous_commit else "off"
-
-
-def count_and_lock(key: str, instance_id: str | None):
-    """The agent gate's statement for a heartbeat (``agent_endpoint(counter=...)``): count the
-    request (``cp.web.limits``; 429 past the limit) and, on PostgreSQL, in the same statement
-    lock the installation's row and read its stored fields (``count_and_lock_many`` with one
-    heartbeat). Returns what ``record_heartbeat`` takes as ``locked``: the old values, None for
-    an unknown installation, or ``NOT_LOCKED`` (other backends, or a body without a readable
-    ``instance_id``: only counted)."""
-    from cp.errors import DomainError
-    from cp.web.limits import count_agent_request
-
-    if not instance_id:
-        count_agent_request(key)
-        return NOT_LOCKED
-    locked = count_and_lock_many([(key, instance_id)])[0]
-    if isinstance(locked, DomainError):
-        raise locked
-    return locked
-
-
-def count_and_lock_many(pairs: list[tuple[str, str]]) -> list:
-    """The rate-limit counts and the installations' locks of a batch of ``(rate-limit key,
-    instance_id)`` of distinct installations, in one statement on PostgreSQL
-    (``cp.heartbeat_pg.count_and_lock_many``). Returns, in the same order, each one's
-    ``locked`` (old values, None for an unknown installation, ``NOT_LOCKED`` on other backends,
-    where the request is only counted), or its refusal (``RateLimited``) as a value: the others
-    go on."""
-    from cp.errors import DomainError
-    from cp.web.limits import AgentCount, count_agent_request, count_many_statement
-
-    conn = db.session.connection()
-    out: list = []
-    if conn.dialect.name != "postgresql":
-        for key, _ in pairs:
-            try:
-                count_agent_request(key)
-            except DomainError as exc:
-                out.append(exc)
-            else:
-                out.append(NOT_LOCKED)
-        return out
-    counts = [AgentCount(conn, key) for key, _ in pairs]
-    keys = [c.params["key"] for c in counts]
-    params = {"keys": keys, "window_start": counts[0].window}
-    sql, fixed = fastsql.expanded(count_many_statement(), conn.dialect, params)
-    got = heartbeat_pg.count_and_lock_many(conn, sql, {**fixed, **params}, [iid for _, iid in pairs], commit_mode())
-    for count, key in zip(counts, keys):
-        hits, old = got[key]
-        try:
-            count.check(hits)
-        except DomainError as exc:
-            out.append(exc)
-        else:
-            out.append(old)
-    return out
-
-
-def record_heartbeat(data: dict, now: datetime | None = None, *, with_pending: bool = False,
-                     locked=NOT_LOCKED) -> HeartbeatResult:
-    """Apply one validated heartbeat (see ``HeartbeatSchema``) in the current transaction:
-    ``record_heartbeats`` with a batch of one."""
-    return record_heartbeats([(data, locked)], now, with_pending=with_pending)[0]
-
-
-def record_heartbeats(batch: list[tuple[dict, Any]], now: datetime | None = None, *,
-                      with_pending: bool = False) -> list[HeartbeatResult]:
-    """Apply validated heartbeats (see ``HeartbeatSchema``) of distinct installations in the
-    current transaction, each as ``(data, locked)``; their results in the same order.
-
-    The rules are decided here in Python, per heartbeat, then written with a fixed number of
-    statements whatever the heartbeats carry: on PostgreSQL one for the whole batch
-    (``cp.heartbeat_pg.apply``: everything after the installation row, as set-based
-    statements over the batch) plus, per heartbeat, the installation's lock unless ``locked``;
-    elsewhere the portable statements of ``_statements``, per heartbeat (the installation, one
-    sweep of its open alerts, and only when needed new alerts, history events, one job-failure
-    upsert, one SLO upsert). Plus the outbox when a webhook is configured and alerts opened or
-    resolved. ``with_pending``: ``result.pending`` is ``pending_for``'s answer (else None); on
-    PostgreSQL the batch's statement reads it along, for each installation. ``locked``: what
-    ``count_and_lock`` returned for this installation in this transaction (the row is then
-    already locked and read: the batch's statement applies the fields), else ``NOT_LOCKED``.
+    The rules are decided here in Python, then written with a fixed number of statements
+    whatever the heartbeat carries, the same on every backend (``_statements``): the
+    installation locked and read, then updated (or registered); one sweep of its open alerts;
+    and only when needed the new alerts, history events, one job-failure upsert, one SLO upsert;
+    plus the outbox when a webhook is configured and alerts opened or resolved.
+    ``with_pending``: ``result.pending`` is ``pending_for``'s answer, read after everything
+    else (so it sees the jobs a channel change just made), else None.
     """
-    if not batch:
-        return []
     now = now or utcnow()
     conn = db.session.connection()
-    pg = conn.dialect.name == "postgresql"
     st = _statements(conn.dialect.name)
-    bucket = slo_bucket(now)
-    plans: list[tuple[str, dict[str, DesiredAlert], heartbeat_pg.Planned]] = []
-    for data, locked in batch:
-        instance_id = data["instance_id"]
-        provided = {k: data[k] for k in SCALAR_FIELDS if data.get(k) is not None}
+    instance_id = data["instance_id"]
+    provided = {k: data[k] for k in SCALAR_FIELDS if data.get(k) is not None}
 
-        # 1. the installation row, locked, its old values read and the heartbeat's applied (or created)
-        old, created, applied = _touch(conn, st, pg, instance_id, provided, now, locked)
-        installation_id = old["id"]
-        state = {k: old.get(k) for k in SCALAR_FIELDS}
-        state.update(provided)
-        if "release_channel" in provided and old.get("release_channel") != provided["release_channel"]:
-            # new on a channel, or moved: rollouts add or cancel its jobs (a normal heartbeat skips this)
-            from cp.delivery.rollouts import on_channel_change
+    # 1. the installation row, locked, its old values read and the heartbeat's applied (or created)
+    old, created = _touch(conn, st, instance_id, provided, now)
+    installation_id = old["id"]
+    state = {k: old.get(k) for k in SCALAR_FIELDS}
+    state.update(provided)
+    if "release_channel" in provided and old.get("release_channel") != provided["release_channel"]:
+        # new on a channel, or moved: rollouts add or cancel its jobs (a normal heartbeat skips this)
+        from cp.delivery.rollouts import on_channel_change
 
-            on_channel_change(installation_id, old.get("release_channel"), provided["release_channel"],
-                              state.get("version"), now)
+        on_channel_change(installation_id, old.get("release_channel"), provided["release_channel"],
+                          state.get("version"), now)
 
-        # 2. what the heartbeat means
-        # history of the fields people follow
-        events = [
-            {"installation_id": installation_id, "field": f, "old_value": old.get(f), "new_value": provided[f],
-             "at": now}
-            for f in HISTORY_FIELDS if f in provided and not created and old.get(f) != provided[f]
-        ]
-        # alerts: the agent's set plus the derived ones; ``keep``: derived ones whose state is unknown
-        desired: dict[str, DesiredAlert] = {}
-        for item in data.get("alerts") or []:
-            fp = agent_alert_fingerprint(item["level"], item["message"])
-            desired.setdefault(fp, DesiredAlert(fp, item["level"], "agent", item["message"]))
-        derived, keep = derived_alerts(state, now)
-        for d in derived:
-            desired[d.fingerprint] = d
-        # job failures, deduplicated per (queue, message)
-        counts: Counter = Counter()
-        first: dict[str, dict] = {}
-        for item in data.get("job_failures") or []:
-            fp = job_failure_fingerprint(item["queue"], item["message"])
-            counts[fp] += 1
-            first.setdefault(fp, item)
-        failures = [{"queue": first[fp]["queue"], "message": first[fp]["message"], "fingerprint": fp,
-                     "occurrences": n} for fp, n in counts.items()]
-        # SLO history: one point per installation per 5 minutes (the last figures of the bucket)
-        slo = {k: provided.get(k) for k in SLO_FIELDS} if any(k in provided for k in SLO_FIELDS) else None
-        plans.append((instance_id, desired, heartbeat_pg.Planned(
-            installation_id, not created, list(desired.values()), list(keep), events, failures, slo,
-            None if applied else provided)))
+    # 2. what the heartbeat means
+    # history of the fields people follow
+    events = [
+        {"installation_id": installation_id, "field": f, "old_value": old.get(f), "new_value": provided[f], "at": now}
+        for f in HISTORY_FIELDS if f in provided and not created and old.get(f) != provided[f]
+    ]
+    # alerts: the agent's set plus the derived ones; ``keep``: derived ones whose state is unknown
+    desired: dict[str, DesiredAlert] = {}
+    for item in data.get("alerts") or []:
+        fp = agent_alert_fingerprint(item["level"], item["message"])
+        desired.setdefault(fp, DesiredAlert(fp, item["level"], "agent", item["message"]))
+    derived, keep = derived_alerts(state, now)
+    for d in derived:
+        desired[d.fingerprint] = d
+    # job failures, deduplicated per (queue, message)
+    counts: Counter = Counter()
+    first: dict[str, dict] = {}
+    for item in data.get("job_failures") or []:
+        fp = job_failure_fingerprint(item["queue"], item["message"])
+        counts[fp] += 1
+        first.setdefault(fp, item)
+    failures = [{"queue": first[fp]["queue"], "message": first[fp]["message"], "fingerprint": fp,
+                 "occurrences": n} for fp, n in counts.items()]
+    # SLO history: one point per installation per 5 minutes (the last figures of the bucket)
+    slo = {k: provided.get(k) for k in SLO_FIELDS} if any(k in provided for k in SLO_FIELDS) else None
+    plan = Planned(installation_id, not created, list(desired.values()), list(keep), events, failures, slo)
 
-    # 3. write them: open alerts seen again or resolved, new alerts, events, failures, SLO points
-    if pg:
-        also = (fastsql.expanded(_pending_statement(), conn.dialect,
-                                 {"installation_id": plans[0][2].installation_id, "now": now})
-                if with_pending else None)
-        written = heartbeat_pg.apply(conn, [plan for _, _, plan in plans], now, bucket, pending=also)
-    else:
-        written = {plan.installation_id: _apply_portable(conn, plan, now, bucket) for _, _, plan in plans}
+    # 3. write it: open alerts seen again or resolved, new alerts, events, failures, SLO point
+    swept, opened = _apply(conn, st, plan, now, slo_bucket(now))
 
     # 4. the webhook outbox, in the same transaction
     outbox: list[tuple[str, dict]] = []
-    results = []
-    for instance_id, desired, plan in plans:
-        swept, opened, waiting = written[plan.installation_id]
-        resolved = [r for r in swept if r.resolved_at is not None]
-        for r in opened:
-            d = desired[r.fingerprint]
-            outbox.append(("opened", alert_payload(
-                {"id": r.id, "level": d.level, "source": d.source, "message": d.message,
-                 "opened_at": now, "resolved_at": None}, instance_id)))
-        for r in resolved:
-            outbox.append(("resolved", alert_payload(
-                {"id": r.id, "level": r.level, "source": r.source, "message": r.message,
-                 "opened_at": r.opened_at, "resolved_at": now}, instance_id)))
-        if waiting is not None:
-            pending = _pending_answer(waiting)
-        else:
-            pending = pending_for(plan.installation_id, now) if with_pending else None
-        results.append(HeartbeatResult(plan.installation_id, instance_id, now, len(opened), len(resolved), pending))
+    for r in opened:
+        d = desired[r.fingerprint]
+        outbox.append(("opened", alert_payload(
+            {"id": r.id, "level": d.level, "source": d.source, "message": d.message,
+             "opened_at": now, "resolved_at": None}, instance_id)))
+    resolved = [r for r in swept if r.resolved_at is not None]
+    for r in resolved:
+        outbox.append(("resolved", alert_payload(
+            {"id": r.id, "level": r.level, "source": r.source, "message": r.message,
+             "opened_at": r.opened_at, "resolved_at": now}, instance_id)))
     if outbox:
         enqueue_events(outbox, now)
-    return results
+    pending = pending_for(installation_id, now) if with_pending else None
+    return HeartbeatResult(installation_id, instance_id, now, len(opened), len(resolved), pending)
 
 
-def _touch(conn, st, pg: bool, instance_id: str, provided: dict, now: datetime, locked) -> tuple[dict, bool, bool]:
-    """Lock the installation, read its stored fields and (except when only ``locked`` by the
-    gate: the second statement does it) apply the heartbeat's. Returns ``(old values with "id",
-    created, applied)``; an unknown installation registers itself (``created``, no old values)."""
-    def lock_and_apply():
-        if pg:
-            return heartbeat_pg.touch(conn, instance_id, provided, now, commit_mode())
-        return _touch_portable(conn, st, instance_id, provided, now)
-
-    if locked is NOT_LOCKED:
-        old = lock_and_apply()
-        if old is not None:
-            return old, False, True
-    elif locked is not None:
-        return locked, False, False
+def _touch(conn, st, instance_id: str, provided: dict, now: datetime) -> tuple[dict, bool]:
+    """Lock the installation, read its stored fields and apply the heartbeat's. Returns ``(old
+    values with "id", created)``; an unknown installation registers itself (``created``, no
+    old values)."""
+    old = _lock_and_update(conn, st, instance_id, provided, now)
+    if old is not None:
+        return old, False
     new_id = conn.execute(st.register, {"instance_id": instance_id, "first_seen_at": now, "last_seen_at": now,
                                         "heartbeats_total": 1, **provided}).scalar()
     if new_id is not None:
-        return {"id": new_id}, True, True
+        return {"id": new_id}, True
     # registered concurrently: lock it and continue as an update
-    return lock_and_apply(), False, True
+    return _lock_and_update(conn, st, instance_id, provided, now), False
 
 
-def _touch_portable(conn, st, instance_id: str, provided: dict, now: datetime) -> dict | None:
+def _lock_and_update(conn, st, instance_id: str, provided: dict, now: datetime) -> dict | None:
     params = {"p_instance_id": instance_id, "now": now, **{f"new_{k}": provided.get(k) for k in SCALAR_FIELDS}}
     row = conn.execute(st.lock, params).first()
     if row is None:
@@ -351,11 +247,9 @@ def _touch_portable(conn, st, instance_id: str, provided: dict, now: datetime) -
     return dict(row._mapping)
 
 
-def _apply_portable(conn, plan: heartbeat_pg.Planned, now: datetime, bucket: datetime) -> heartbeat_pg.Applied:
-    """``cp.heartbeat_pg.apply`` as portable statements (SQLite), for one heartbeat: the same
-    writes and results (``touch`` is never needed here: ``_touch`` always applies the fields)."""
+def _apply(conn, st, plan: Planned, now: datetime, bucket: datetime) -> tuple[list, list]:
+    """Everything after the installation row: returns (the swept open alerts, the opened ones)."""
     installation_id, desired = plan.installation_id, plan.desired
-    st = _statements(conn.dialect.name)
     if plan.events:
         conn.execute(st.add_events, plan.events)
     swept = conn.execute(st.sweep_alerts, {
@@ -374,7 +268,7 @@ def _apply_portable(conn, plan: heartbeat_pg.Planned, now: datetime, bucket: dat
             for f in plan.failures]).all()
     if plan.slo is not None:
         conn.execute(st.slo_sample, {"installation_id": installation_id, "bucket": bucket, **plan.slo})
-    return heartbeat_pg.Applied(swept, opened, None)
+    return swept, opened
 
 
 @dataclass(frozen=True)
@@ -391,8 +285,9 @@ class _Statements:
 
 @lru_cache(maxsize=None)
 def _statements(dialect_name: str) -> _Statements:
-    """The heartbeat's statements, built once per backend with bind parameters (building and
-    compiling a statement costs more than running it; SQLAlchemy caches the compiled form)."""
+    """The heartbeat's statements, defined once for both backends (the dialect's ``insert`` for
+    ``ON CONFLICT``) and built once per backend with bind parameters (building a statement costs
+    more than running it; SQLAlchemy caches the compiled form)."""
     ins = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
     now = bindparam("now", type_=UTCDateTime())
     old_cols = [inst.c.id] + [inst.c[k] for k in SCALAR_FIELDS]
@@ -449,8 +344,7 @@ def pending_for(installation_id: int, now: datetime | None = None) -> dict:
     (scheduled, ``scheduled_for`` reached; one scheduled for later appears once its time comes).
     One statement: the two flags and the due verifications (``_pending_statement``)."""
     now = now or utcnow()
-    rows = fastsql.run(db.session.connection(), _pending_statement(),
-                       {"installation_id": installation_id, "now": now}).all()
+    rows = db.session.execute(_pending_statement(), {"installation_id": installation_id, "now": now}).all()
     return _pending_answer([tuple(r) for r in rows])
 
 

@@ -24,11 +24,10 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 
 from flask import current_app, request
-from sqlalchemy import ARRAY, Integer, String, bindparam, case, delete, func, literal, select, text
+from sqlalchemy import case, delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
-from cp import fastsql
-from cp.dbutil import insert
+from cp.dbutil import insert, transaction_settings
 from cp.errors import RateLimited
 from cp.extensions import db
 from cp.models import RateLimitBucket
@@ -143,13 +142,12 @@ def count_agent_request(key: str) -> None:
     gate then counts it again with ``recount_agent_request``, so it still counts."""
     conn = db.session.connection()
     count = AgentCount(conn, key)
-    count.check(fastsql.run(conn, count.statement, count.params).scalar_one())
+    count.check(conn.execute(count.statement, count.params).scalar_one())
 
 
 class AgentCount:
     """One agent request's count: the upsert (``statement`` with ``params``; ``RETURNING count``)
-    and ``check(count)``, which refuses past the limit. ``count_agent_request`` runs it on its
-    own; the heartbeat sends it together with its installation lock (``cp.fleet.heartbeats``)."""
+    and ``check(count)``, which refuses past the limit."""
 
     def __init__(self, conn, key: str):
         self.now = utcnow()
@@ -167,6 +165,7 @@ def recount_agent_request(key: str) -> None:
     """Count a failed or refused agent request in its own short transaction (never raises)."""
     try:
         with db.engine.begin() as conn:
+            transaction_settings(conn)
             conn.execute(_count_upsert(conn.dialect.name),
                          {"key": key[:255], "window_start": _window(utcnow()), "count": 1})
     except Exception:  # noqa: BLE001 - the request already failed; do not mask why
@@ -178,18 +177,6 @@ def _count_upsert(dialect_name: str):
     """``_count_statement`` built once per backend (the values come as parameters)."""
     ins = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
     return _count_on_conflict(ins(buckets)).returning(buckets.c.count)
-
-
-@lru_cache(maxsize=None)
-def count_many_statement():
-    """PostgreSQL: one request counted for each key of ``keys`` (distinct), in key order (every
-    batch takes the rows' locks in the same order), ``RETURNING key, count``; parameters ``keys``
-    and ``window_start``. The conflict rule is ``_count_on_conflict``, as for one key."""
-    keys = select(func.unnest(bindparam("keys", type_=ARRAY(String))).label("key")).subquery("keys")
-    rows = select(keys.c.key, bindparam("window_start", type_=buckets.c.window_start.type),
-                  literal(1, Integer)).order_by(keys.c.key)
-    stmt = postgresql.insert(buckets).from_select(["key", "window_start", "count"], rows)
-    return _count_on_conflict(stmt).returning(buckets.c.key, buckets.c.count)
 
 
 def _count_on_conflict(stmt):

@@ -29,12 +29,6 @@ def require_json_content_type() -> None:
         raise UnsupportedMediaType("Requests with a body must be Content-Type: application/json.")
 
 
-def json_bytes(obj: Any) -> bytes:
-    """A JSON answer's body, as ``jsonify`` writes it (compact, sorted keys, a final newline),
-    for the paths that build their response without it."""
-    return (json.dumps(obj, separators=(",", ":"), sort_keys=True) + "\n").encode()
-
-
 JSON_MIMETYPE = "application/json"
 
 

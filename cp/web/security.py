@@ -195,8 +195,7 @@ def init_app(app) -> None:
 
 
 def init_wsgi(app) -> None:
-    """The outermost WSGI middleware, wrapped last (``create_app``), so that everything inside,
-    Flask and the heartbeat's WSGI path (``cp.agent_api.heartbeats.FastPath``), sees the client's
+    """The outermost WSGI middleware, wrapped last (``create_app``), so that Flask sees the client's
     address behind trusted proxies and chunked bodies held to the limit."""
     app.wsgi_app = ChunkedBodyLimit(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])
     proxies = app.config["CP_SETTINGS"].trusted_proxies
