@@ -16,11 +16,17 @@
   ``after_model_delete`` hooks (and failed attempts through the ``*_model`` wrappers).
 - Forms are Flask-WTF ``FlaskForm``: every list/action/delete/edit form carries the CSRF token,
   and the app-wide ``CSRFProtect`` refuses any POST without a valid one (400) before a view runs.
+- Every bulk action is idempotent against a double submit: the list's action form carries a
+  one-time ``submission`` token (``get_action_form``), and ``run_action`` records it in the
+  action's own transaction (the nonce table), so the same form posted twice (a double click,
+  a resent request) runs once; the second gets "already submitted" and changes nothing.
 - ``count_cap``: list totals are counted up to this many rows only ("10000+"), so a list over a
   million rows never pays for a full ``count(*)``.
 """
 from __future__ import annotations
 
+import hashlib
+import secrets
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Callable
@@ -33,13 +39,35 @@ from flask_login import current_user
 from flask_wtf import FlaskForm
 from sqlalchemy import func, inspect, literal_column, select
 from sqlalchemy.orm import Query, scoped_session
+from wtforms import HiddenField
 
 from cp import audit
 from cp.auth import role_allows
-from cp.errors import BadRequest, DomainError, Forbidden
+from cp.dbutil import insert
+from cp.errors import BadRequest, Conflict, DomainError, Forbidden
 from cp.extensions import db
+from cp.models import AgentNonce
+from cp.timeutil import utcnow
 
 MAX_ACTION_ROWS = 500
+SUBMISSION_FIELD = "submission"
+
+
+def new_submission() -> str:
+    """A fresh one-time token for a form that runs a bulk action."""
+    return secrets.token_urlsafe(24)
+
+
+def claim_submission(token: str) -> None:
+    """Record a form's one-time token in the current transaction (kept exactly when the
+    action's effects are); a token already recorded is a 409 ``duplicate_submission``. Kept
+    in the nonce table beside agents' signatures (``panel:`` keys), pruned with them."""
+    nonces = AgentNonce.__table__
+    key = "panel:" + hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()[:58]
+    stmt = (insert(nonces).values(signature=key, seen_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["signature"]).returning(nonces.c.signature))
+    if db.session.execute(stmt).first() is None:
+        raise Conflict("This form was already submitted; nothing was done again.", code="duplicate_submission")
 
 
 def current_role() -> str | None:
@@ -191,6 +219,14 @@ class SecureModelView(RoleGate, ModelView):
             if not confirmation and name not in self.unconfirmed_actions:
                 self._actions_data[name] = (handler, text, f"{text}: are you sure? This applies to every selected row.")
 
+    def get_action_form(self):
+        """The list's action form, with its one-time ``submission`` token (see ``run_action``)."""
+
+        class ActionForm(super().get_action_form()):
+            submission = HiddenField(default=new_submission)
+
+        return ActionForm
+
     def handle_action(self, return_view=None):
         name = request.form.get("action")
         if not name or name not in self._actions_data or not self.is_action_allowed(name):
@@ -215,7 +251,10 @@ class SecureModelView(RoleGate, ModelView):
         target = ",".join(str(i) for i in int_ids)[:255]
         details = {"ids": int_ids[:100], "count": len(int_ids)}
         role = current_role()
+        submission = request.form.get(SUBMISSION_FIELD)
         try:
+            if submission:
+                claim_submission(submission)
             message = fn(int_ids)
             db.session.commit()
         except DomainError as exc:
