@@ -14,6 +14,8 @@
 - Every mutation goes to the audit log: bulk actions through ``run_action`` (one transaction,
   flash, audit), generic create/edit/delete through the ``after_model_change`` /
   ``after_model_delete`` hooks (and failed attempts through the ``*_model`` wrappers).
+- A failed create/edit/delete never shows the database's error (SQL, parameters):
+  ``handle_view_exception`` logs it and flashes a generic sentence.
 - Forms are Flask-WTF ``FlaskForm``: every list/action/delete/edit form carries the CSRF token,
   and the app-wide ``CSRFProtect`` refuses any POST without a valid one (400) before a view runs.
 - Every bulk action is idempotent against a double submit: the list's action form carries a
@@ -31,7 +33,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Callable
 
-from flask import flash, g, redirect, request, url_for
+from flask import current_app, flash, g, redirect, request, url_for
 from flask_admin import AdminIndexView
 from flask_admin.contrib.sqla import ModelView
 from flask_admin.contrib.sqla._compat import _get_deprecated_session
@@ -40,6 +42,7 @@ from flask_wtf import FlaskForm
 from sqlalchemy import func, inspect, literal_column, select
 from sqlalchemy.orm import Query, scoped_session
 from wtforms import HiddenField
+from wtforms.validators import ValidationError
 
 from cp import audit
 from cp.auth import role_allows
@@ -50,6 +53,8 @@ from cp.models import AgentNonce
 from cp.timeutil import utcnow
 
 MAX_ACTION_ROWS = 500
+ADMIN_CHANGE_FAILED = ("The change could not be saved: the database refused it (for example a value that must be "
+                       "unique is already used). Nothing was changed; the details are in the server log.")
 SUBMISSION_FIELD = "submission"
 
 
@@ -271,6 +276,22 @@ class SecureModelView(RoleGate, ModelView):
         audit.record(f"admin.{name}", target_type=target_type, target_id=target, outcome="ok", role=role,
                      details=details)
         flash(message, "success")
+
+    # --- generic create / edit / delete: audited, database errors kept out of the page --------
+    def handle_view_exception(self, exc: Exception) -> bool:
+        """Flask-Admin's hook for an exception in create/edit/delete: form validation errors are
+        shown as Flask-Admin shows them; a domain error by its own message; anything else (a
+        database error with its SQL and parameters) only in the server log, the person sees a
+        generic sentence. True: handled (Flask-Admin then rolls back and flashes nothing more)."""
+        if isinstance(exc, ValidationError):
+            return super().handle_view_exception(exc)
+        if isinstance(exc, DomainError):
+            flash(exc.message, "error")
+            return True
+        current_app.logger.error("admin change failed", exc_info=exc,
+                                 extra={"event": "admin_change_failed", "screen": self.endpoint})
+        flash(ADMIN_CHANGE_FAILED, "error")
+        return True
 
     # --- generic create / edit / delete: audited ------------------------------------------
     def _audit_type(self) -> str:
