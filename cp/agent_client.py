@@ -12,7 +12,10 @@ Command line (``cp-agent --help``)::
     cp-agent updates-next --url ... --instance ... --secret ...
 
 Every request body is serialised once, signed over those exact bytes (``cp.signing``) and sent
-with ``x-agent-timestamp`` (replay protection) unless ``timestamp=False``.
+with ``x-agent-timestamp`` (replay protection), always: a request without it could be replayed by
+whoever saw it (docs/security.md). The timestamps a process sends are unique microseconds, so two
+identical requests sent at once are two requests, not a replay. (``build_request`` can leave the
+header out, for tests of a server's handling of agents that do not send it.)
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,14 +40,28 @@ class SignedRequest:
     headers: dict[str, str]
 
 
+_last_micros = 0
+_micros_lock = threading.Lock()
+
+
+def unique_timestamp() -> str:
+    """Unix seconds with six decimals, strictly increasing within this process: two identical
+    bodies signed at once still differ in what is signed (the server would refuse the second
+    as a replay)."""
+    global _last_micros
+    with _micros_lock:
+        _last_micros = max(time.time_ns() // 1000, _last_micros + 1)
+        micros = _last_micros
+    return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
+
+
 def build_request(path: str, payload: dict, secret: str, *, timestamp: bool = True,
                   now: float | None = None) -> SignedRequest:
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     headers = {"Content-Type": "application/json"}
     ts = None
     if timestamp:
-        # milliseconds: two identical requests in the same second must not look like a replay
-        ts = f"{(now if now is not None else time.time()):.3f}"
+        ts = f"{now:.6f}" if now is not None else unique_timestamp()
         headers[TIMESTAMP_HEADER] = ts
     headers[SIGNATURE_HEADER] = sign(secret, body, ts)
     return SignedRequest(path, body, headers)
@@ -57,17 +75,16 @@ class AgentError(RuntimeError):
 
 
 class AgentClient:
-    def __init__(self, base_url: str, instance_id: str, secret: str, *, timestamp: bool = True,
-                 timeout: float = 10.0, session: Any = None):
+    def __init__(self, base_url: str, instance_id: str, secret: str, *, timeout: float = 10.0,
+                 session: Any = None):
         self.base_url = base_url.rstrip("/")
         self.instance_id = instance_id
         self.secret = secret
-        self.timestamp = timestamp
         self.timeout = timeout
         self.session = session or requests.Session()
 
     def post(self, path: str, payload: dict, *, raise_for_status: bool = True) -> tuple[int, Any]:
-        req = build_request(path, {"instance_id": self.instance_id, **payload}, self.secret, timestamp=self.timestamp)
+        req = build_request(path, {"instance_id": self.instance_id, **payload}, self.secret)
         resp = self.session.post(self.base_url + req.path, data=req.body, headers=req.headers, timeout=self.timeout)
         try:
             body = resp.json()
@@ -112,7 +129,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--instance", default=os.environ.get("CP_AGENT_INSTANCE"), required="CP_AGENT_INSTANCE" not in os.environ)
     p.add_argument("--secret", default=os.environ.get("CP_AGENT_SECRET"),
                    help="HMAC secret (or CP_AGENT_SECRET; prefer the variable: arguments show in ps)")
-    p.add_argument("--no-timestamp", action="store_true", help="do not send x-agent-timestamp")
     sub = p.add_subparsers(dest="command", required=True)
     hb = sub.add_parser("heartbeat", help="send a heartbeat")
     for name in ("domain", "client", "version", "release-channel", "health", "backup-status", "last-backup-at"):
@@ -150,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.secret:
         print("cp-agent: --secret or CP_AGENT_SECRET is required", file=sys.stderr)
         return 2
-    client = AgentClient(args.url, args.instance, args.secret, timestamp=not args.no_timestamp)
+    client = AgentClient(args.url, args.instance, args.secret)
     try:
         if args.command == "heartbeat":
             fields: dict[str, Any] = {}

@@ -217,9 +217,9 @@ def _check_same_origin() -> None:
     if request.method in ("GET", "HEAD", "OPTIONS") or g.get("cp_auth") != "session":
         return
     origin = request.headers.get("Origin")
-    if origin and origin != "null":
-        if urlsplit(origin).netloc != request.host:
-            raise Forbidden("Cross-site request refused.", code="cross_site_request")
+    # ``Origin: null`` (sandboxed frames, file: pages, some redirects) is no origin of ours either
+    if origin is not None and urlsplit(origin).netloc != request.host:
+        raise Forbidden("Cross-site request refused.", code="cross_site_request")
 
 
 def role_required(needed: str) -> Callable:

@@ -301,11 +301,13 @@ class LiveServer:
     """gunicorn on a free port of 127.0.0.1. Its output goes to a log file (never an unread
     pipe, which would block the server once it fills)."""
 
-    def __init__(self, env: dict[str, str], workers: int = 2, log_path: Path | None = None):
+    def __init__(self, env: dict[str, str], workers: int = 2, log_path: Path | None = None,
+                 args: tuple[str, ...] = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
         self.workers = workers
+        self.args = args  # more gunicorn options (a later --log-level wins)
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="cp-gunicorn-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
 
@@ -314,7 +316,7 @@ class LiveServer:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--workers",
-                 str(self.workers), "--threads", "4", "--log-level", "warning", "cp:create_app()"],
+                 str(self.workers), "--threads", "4", "--log-level", "warning", *self.args, "cp:create_app()"],
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + 30

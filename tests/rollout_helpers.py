@@ -116,8 +116,8 @@ def server(postgres_only, env, app):
 
 
 def agent_for(server, iid: str) -> AgentClient:
-    # no timestamp: identical concurrent bodies must not be refused as replays
-    return AgentClient(server.url, iid, AGENT_TOKEN, timestamp=False, timeout=60)
+    # identical concurrent bodies are not replays: each carries its own timestamp
+    return AgentClient(server.url, iid, AGENT_TOKEN, timeout=60)
 
 
 def parallel(fn, args, threads: int = THREADS) -> list:

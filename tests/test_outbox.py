@@ -6,7 +6,8 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy import text as sa_text
 
 from cp.background import outbox
 from cp.extensions import db
@@ -415,3 +416,23 @@ def test_outbox_counts(hook_app, hook_agent):
     with hook_app.app_context():
         assert outbox.counts() == {"pending": 1, "delivered": 0, "dead": 0}
         assert db.session.scalar(select(func.count()).select_from(OutboxEvent)) == 1
+
+
+@pytest.mark.parametrize("analyzed", [False, True], ids=["fresh", "analyzed"])
+def test_a_claim_never_takes_more_than_its_limit_on_a_small_backlog(hook_app, hook_agent, clock, postgres_only,
+                                                                    analyzed):
+    """Whatever plan PostgreSQL picks for a handful of rows (it once re-ran the locked,
+    limited subquery per row of a nested loop), one claim leases at most ``limit`` events."""
+    for i in range(4):
+        hook_agent.heartbeat(f"acme-{i:03d}", alerts=[{"level": "warning", "message": f"Disk {n}"} for n in range(3)])
+    with hook_app.app_context():
+        if analyzed:
+            db.session.execute(sa_text("ANALYZE outbox_events"))
+            db.session.commit()
+        for limit in (1, 2, 3, 5):
+            claimed = outbox.claim(limit=limit)
+            leased = db.session.scalar(select(func.count()).select_from(OutboxEvent).where(OutboxEvent.attempts > 0))
+            assert len(claimed) == limit and leased == limit, (limit, len(claimed), leased)
+            db.session.execute(update(OutboxEvent).values(attempts=0, next_attempt_at=clock.now))
+            db.session.commit()
+        db.session.remove()

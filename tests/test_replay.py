@@ -8,11 +8,13 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from cp.agent_client import AgentClient, build_request
+from cp.agent_api.signed import TIMESTAMP_RE
+from cp.agent_client import AgentClient, build_request, unique_timestamp
+from cp.agent_client import main as agent_main
 from cp.extensions import db
 from cp.models import AgentNonce, Installation
 from cp.signing import sign
-from tests.conftest import AGENT_SECRETS, AGENT_TOKEN
+from tests.conftest import AGENT_SECRETS, AGENT_TOKEN, LiveServer
 
 BODY = {"instance_id": "acme-001", "health": "ok"}
 
@@ -168,3 +170,39 @@ def test_concurrent_replays_on_a_live_server_take_effect_once(live_server, app):
     client.heartbeat(health="ok")
     client.heartbeat(health="ok")
     assert heartbeats_total(app) == 3
+
+
+@pytest.fixture
+def strict_server(env, app):
+    """gunicorn that refuses agent requests without ``x-agent-timestamp``."""
+    server = LiveServer({**env, "CONTROL_PLANE_REQUIRE_AGENT_TIMESTAMP": "1"}, workers=2).start()
+    yield server
+    server.stop()
+
+
+def test_the_reference_client_always_sends_the_timestamp(strict_server, app):
+    """Every call of ``AgentClient`` and of ``cp-agent`` works against a server that requires the
+    header; identical bodies sent at once from one process are each taken once, never as replays."""
+    client = AgentClient(strict_server.url, "acme-001", AGENT_TOKEN)
+    client.heartbeat(health="ok")
+    assert client.next_update() == {"job": None}
+    assert client.next_plugin() == {"job": None}
+    assert client.plugin_requests()["items"] == []
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda _: client.heartbeat(health="ok"), range(12)))
+    assert heartbeats_total(app) == 13
+    assert agent_main(["--url", strict_server.url, "--instance", "acme-001", "--secret", AGENT_TOKEN,
+                       "heartbeat", "--health", "ok"]) == 0
+    assert heartbeats_total(app) == 14
+    with pytest.raises(SystemExit):  # there is no way to leave it out
+        agent_main(["--url", strict_server.url, "--instance", "acme-001", "--secret", AGENT_TOKEN,
+                    "--no-timestamp", "heartbeat"])
+    with pytest.raises(TypeError):
+        AgentClient(strict_server.url, "acme-001", AGENT_TOKEN, timestamp=False)
+
+
+def test_timestamps_of_one_process_are_unique_and_increasing():
+    stamps = [unique_timestamp() for _ in range(2000)]
+    assert len(set(stamps)) == len(stamps)
+    assert [float(s) for s in stamps] == sorted(float(s) for s in stamps)
+    assert all(TIMESTAMP_RE.fullmatch(s) for s in stamps)

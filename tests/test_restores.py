@@ -7,6 +7,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
+from cp.auth import role_allows
+from cp.delivery.restores import READ_ROLE
 from cp.extensions import db
 from cp.models import Alert, AuditLog, OutboxEvent, RestoreVerification
 from cp.timeutil import isoformat
@@ -266,7 +268,7 @@ def test_restore_screen_lists_status_duration_backup_and_escaped_message(rapp, r
     assert report(ragent, "acme-001", vid, "failed", duration_s=12.5,
                   message="<script>alert('x')</script>").status_code == 200
     c = rapp.test_client()
-    login(c, "support")
+    login(c, "admin")
     page = c.get("/admin/restore_verifications/")
     html = page.get_data(as_text=True)
     assert page.status_code == 200
@@ -278,3 +280,24 @@ def test_restore_screen_lists_status_duration_backup_and_escaped_message(rapp, r
     section = installation_page.split("<h2>Restore verifications</h2>", 1)[1].split("</table>", 1)[0]
     assert "b-77" in section and "12.5 s" in section and "failed" in section
     assert "<script>alert(" not in installation_page
+
+
+# --- one read rule for every place that shows verifications --------------------------------------
+@pytest.mark.parametrize("role", ["support", "ops", "admin"])
+def test_the_api_the_panel_and_the_installation_page_share_one_read_rule(rapp, fleet, role):
+    """``GET /api/restores``, the panel's screen and the installation page's table answer the
+    same roles (``cp.delivery.restores.READ_ROLE``: admin)."""
+    c = rapp.test_client()
+    assert schedule(c, ["acme-001"], backup_id="nightly-xyz").status_code == 201
+    login(c, role)
+    allowed = role_allows(role, READ_ROLE)
+    assert (c.get("/api/restores", headers=bearer(role)).status_code == 200) is allowed
+    assert (c.get("/api/restores").status_code == 200) is allowed  # the session, like the panel
+    panel = c.get("/admin/restore_verifications/")
+    assert panel.status_code == (200 if allowed else 403)
+    assert ("nightly-xyz" in panel.get_data(as_text=True)) is allowed
+    menu = c.get("/admin/installations/").get_data(as_text=True)
+    assert ("/admin/restore_verifications/" in menu) is allowed
+    page = c.get("/installations/acme-001").get_data(as_text=True)
+    assert ("nightly-xyz" in page and 'class="restores"' in page) is allowed
+    assert READ_ROLE == "admin"

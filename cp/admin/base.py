@@ -14,8 +14,14 @@
 - Every mutation goes to the audit log: bulk actions through ``run_action`` (one transaction,
   flash, audit), generic create/edit/delete through the ``on_model_change`` /
   ``on_model_delete`` hooks, which run before Flask-Admin commits, so each entry commits with its change (failed attempts are audited apart by the ``*_model`` wrappers).
+- A failed create/edit/delete never shows the database's error (SQL, parameters):
+  ``handle_view_exception`` logs it and flashes a generic sentence.
 - Forms are Flask-WTF ``FlaskForm``: every list/action/delete/edit form carries the CSRF token,
   and the app-wide ``CSRFProtect`` refuses any POST without a valid one (400) before a view runs.
+- Every bulk action is idempotent against a double submit: the list's action form carries a
+  one-time ``submission`` token (``get_action_form``), and ``run_action`` records it in the
+  action's own transaction (the nonce table), so the same form posted twice (a double click,
+  a resent request) runs once; the second gets "already submitted" and changes nothing.
 - ``count_cap``: list totals are counted up to this many rows only ("10000+"), so a list over a
   million rows never pays for a full ``count(*)``.
 
@@ -28,23 +34,50 @@ Only Flask-Admin's public hooks are used: ``is_accessible`` / ``inaccessible_cal
 """
 from __future__ import annotations
 
+import hashlib
+import secrets
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Callable
 
-from flask import flash, g, request
+from flask import current_app, flash, g, request
 from flask_admin import AdminIndexView
 from flask_admin.contrib.sqla import ModelView
 from flask_wtf import FlaskForm
 from sqlalchemy import func, inspect, literal_column, select
 from sqlalchemy.orm import Query
+from wtforms import HiddenField
+from wtforms.validators import ValidationError
 
 from cp import audit
 from cp.auth import current_actor, current_role, login_redirect, role_allows
-from cp.errors import BadRequest, DomainError, Forbidden
+from cp.dbutil import insert
+from cp.errors import BadRequest, Conflict, DomainError, Forbidden
 from cp.extensions import db
+from cp.models import AgentNonce
+from cp.timeutil import utcnow
 
 MAX_ACTION_ROWS = 500
+ADMIN_CHANGE_FAILED = ("The change could not be saved: the database refused it (for example a value that must be "
+                       "unique is already used). Nothing was changed; the details are in the server log.")
+SUBMISSION_FIELD = "submission"
+
+
+def new_submission() -> str:
+    """A fresh one-time token for a form that runs a bulk action."""
+    return secrets.token_urlsafe(24)
+
+
+def claim_submission(token: str) -> None:
+    """Record a form's one-time token in the current transaction (kept exactly when the
+    action's effects are); a token already recorded is a 409 ``duplicate_submission``. Kept
+    in the nonce table beside agents' signatures (``panel:`` keys), pruned with them."""
+    nonces = AgentNonce.__table__
+    key = "panel:" + hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()[:58]
+    stmt = (insert(nonces).values(signature=key, seen_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["signature"]).returning(nonces.c.signature))
+    if db.session.execute(stmt).first() is None:
+        raise Conflict("This form was already submitted; nothing was done again.", code="duplicate_submission")
 
 
 class RoleGate:
@@ -207,6 +240,14 @@ class SecureModelView(RoleGate, ModelView):
                 confirmations[name] = f"{text}: are you sure? This applies to every selected row."
         return actions, confirmations
 
+    def get_action_form(self):
+        """The list's action form, with its one-time ``submission`` token (see ``run_action``)."""
+
+        class ActionForm(super().get_action_form()):
+            submission = HiddenField(default=new_submission)
+
+        return ActionForm
+
     def handle_action(self, return_view=None):
         name = request.form.get("action")
         if not name or name not in dict(self.get_actions_list()[0]):
@@ -232,7 +273,10 @@ class SecureModelView(RoleGate, ModelView):
         details = {"ids": int_ids[:100], "count": len(int_ids)}
         entry = {"target_type": target_type, "target_id": target, **_who()}
         audit.open_action()
+        submission = request.form.get(SUBMISSION_FIELD)
         try:
+            if submission:
+                claim_submission(submission)
             message = fn(int_ids)
             audit.commit_with(f"admin.{name}", outcome="ok", details=details, **entry)
         except DomainError as exc:
@@ -246,6 +290,22 @@ class SecureModelView(RoleGate, ModelView):
             audit.record_apart(f"admin.{name}", outcome="error", details=details, **entry)
             raise
         flash(message, "success")
+
+    # --- generic create / edit / delete: audited, database errors kept out of the page --------
+    def handle_view_exception(self, exc: Exception) -> bool:
+        """Flask-Admin's hook for an exception in create/edit/delete: form validation errors are
+        shown as Flask-Admin shows them; a domain error by its own message; anything else (a
+        database error with its SQL and parameters) only in the server log, the person sees a
+        generic sentence. True: handled (Flask-Admin then rolls back and flashes nothing more)."""
+        if isinstance(exc, ValidationError):
+            return super().handle_view_exception(exc)
+        if isinstance(exc, DomainError):
+            flash(exc.message, "error")
+            return True
+        current_app.logger.error("admin change failed", exc_info=exc,
+                                 extra={"event": "admin_change_failed", "screen": self.endpoint})
+        flash(ADMIN_CHANGE_FAILED, "error")
+        return True
 
     # --- generic create / edit / delete: audited ------------------------------------------
     def _audit_type(self) -> str:

@@ -26,7 +26,7 @@ from cp.errors import DomainError, Forbidden
 from cp.extensions import db
 from cp.models import PLUGIN_REQUEST_STATUSES, PluginRequest, Release, Rollout
 from cp.admin import formatters as fmt
-from cp.admin.base import MAX_ACTION_ROWS, ScopedRows, SecureModelView
+from cp.admin.base import MAX_ACTION_ROWS, SUBMISSION_FIELD, ScopedRows, SecureModelView, new_submission
 from cp.admin.filters import ChoiceFilter, InstallationFilter, TextEqualFilter
 from cp.admin.rollouts import ReleaseView, RolloutView
 
@@ -172,7 +172,8 @@ class PluginRequestView(SecureModelView):
         rows = db.session.scalars(select(PluginRequest).where(PluginRequest.id.in_(ids))
                                   .order_by(PluginRequest.id)).all()
         return self.render("admin/plugin_reject.html", rows=rows, ids=",".join(map(str, ids)), reason=reason,
-                           error=error, max_reason=plugins.MAX_REASON), (422 if error else 200)
+                           error=error, max_reason=plugins.MAX_REASON,
+                           submission=request.form.get(SUBMISSION_FIELD) or new_submission()), (422 if error else 200)
 
 
 def register(admin) -> None:

@@ -1,12 +1,13 @@
 """Admin screen of restore verifications: status, duration, backup id, message; filters.
 
-Read-only for every role that may see the panel (support and up), like the installation
-page's restore history; verifications are scheduled from the Installations screen (bulk action
+Read-only, for ``cp.delivery.restores.READ_ROLE`` (admin), the same role as
+``GET /api/restores`` and the installation page's restore history; verifications are scheduled from the Installations screen (bulk action
 "schedule restore verification", admin) or ``POST /api/restores/schedule``, and reported by
 agents.
 """
 from __future__ import annotations
 
+from cp.delivery.restores import READ_ROLE
 from cp.extensions import db
 from cp.models import RESTORE_STATUSES, RestoreVerification
 from cp.admin import formatters as fmt
@@ -20,7 +21,7 @@ def _duration(view, context, model, name):
 
 
 class RestoreVerificationView(SecureModelView):
-    required_role = "support"
+    required_role = READ_ROLE
     column_list = ("installation", "status", "scheduled_for", "backup_id", "duration_s", "message", "reported_at",
                    "created_by")
     column_details_list = ("id", "installation", "status", "backup_id", "scheduled_for", "duration_s", "message",

@@ -47,7 +47,7 @@ def schedule_restores():
 
 
 @bp.get("/restores")
-@role_required("admin")
+@role_required(restores.READ_ROLE)
 def list_restores():
     """List restore verifications.
     ---

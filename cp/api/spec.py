@@ -15,7 +15,7 @@ from what the code itself declares, so the document cannot drift from the routes
   are public;
 - path parameters from the rule (``<int:id>`` is an integer);
 - the error responses each route can give, all in the common ``Error`` shape: 401/403 for
-  human routes, 401/429 for agent routes, 400/413/415/422 where a JSON body is read, 422 where
+  human routes, 401/429 for agent routes, 413/415 on every unsafe route, 400/422 where a JSON body is read, 422 where
   query arguments are validated, 404 where the path names something, 503 everywhere (database
   unavailable), plus whatever the docstring lists (409, agent 403/404 ...).
 """
@@ -173,8 +173,10 @@ def _complete(op: dict, view, method: str, endpoint: str, path_params: list[dict
         op["security"] = [{"bearerAuth": []}, {"sessionCookie": []}]
         op["x-required-role"] = role
         statuses |= {401, 403}
+        if method != "get":  # cp.api: any body sent to an unsafe route is JSON, even where none is read
+            statuses |= {413, 415}
         if has_body:
-            statuses |= {400, 413, 415, 422}
+            statuses |= {400, 422}
     else:
         op["security"] = []
     if has_query:

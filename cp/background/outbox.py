@@ -6,9 +6,9 @@ a heartbeat.
 
 Delivery, one batch at a time:
 
-1. **Claim** (one short transaction, one statement): the due ``pending`` events that are the
-   oldest undelivered event of their alert (so an alert's ``resolved`` never overtakes its
-   ``opened``) are leased: ``attempts + 1``, ``last_attempt_at = now`` and
+1. **Claim** (one short transaction, one statement): at most ``limit`` of the due ``pending``
+   events that are the oldest undelivered event of their alert (so an alert's ``resolved`` never
+   overtakes its ``opened``), picked once in a ``MATERIALIZED`` CTE, are leased: ``attempts + 1``, ``last_attempt_at = now`` and
    ``next_attempt_at = now + lease``. On PostgreSQL the candidates are picked with
    ``FOR UPDATE SKIP LOCKED``, so concurrent workers claim disjoint rows; on SQLite the single
    ``UPDATE ... RETURNING`` is atomic.
@@ -128,9 +128,13 @@ def claim(limit: int = CLAIM_BATCH, now: datetime | None = None) -> list[Claimed
         .where(outbox.c.status == "pending", outbox.c.next_attempt_at <= now, outbox.c.attempts >= max_attempts)
         .values(status="dead", last_error="no attempts left (the worker stopped during the last attempt)")
     )
+    # The candidates are picked once, in a MATERIALIZED CTE: as a plain ``IN (subquery)`` the
+    # planner may re-run the limited, locked subquery for every row of a nested loop (it did on
+    # a small backlog), leasing more events than ``limit``, more than the lease has time for.
+    picked = _claimable(now, limit, max_attempts).cte("picked").prefix_with("MATERIALIZED", dialect="postgresql")
     stmt = (
         update(outbox)
-        .where(outbox.c.id.in_(_claimable(now, limit, max_attempts)),
+        .where(outbox.c.id.in_(select(picked.c.id)),
                # re-checked on the row actually locked (PostgreSQL) / written (SQLite)
                outbox.c.status == "pending", outbox.c.next_attempt_at <= now)
         .values(attempts=outbox.c.attempts + 1, last_attempt_at=now, next_attempt_at=lease_until)

@@ -26,6 +26,10 @@ from cp.models import Alert, Installation, RestoreVerification
 from cp.timeutil import utcnow
 
 ALERT_PREFIX = "restore:"
+# Who may read restore verifications, wherever they are shown: ``GET /api/restores``, the panel's
+# "Restore verifications" screen and the installation page's table. A failed one also opens an
+# alert, which every role sees.
+READ_ROLE = "admin"
 HISTORY_LIMIT = 50
 
 

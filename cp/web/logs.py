@@ -41,16 +41,45 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+# C0 controls, DEL, C1 controls and the Unicode line/paragraph separators: each would let a
+# logged value start a line of its own (or rewrite the terminal) in the text format
+_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROL_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t",
+                         0x2028: "\\u2028", 0x2029: "\\u2029", ord("\\"): "\\\\"})
+_NEEDS_QUOTES = frozenset(' "=')
+
+
+def escape_text(value: object) -> str:
+    """``value`` on one line: control characters (and backslashes) written as escapes."""
+    return str(value).translate(_CONTROL_ESCAPES)
+
+
+def _text_value(value: object) -> str:
+    text = escape_text(value)
+    if not text or _NEEDS_QUOTES.intersection(text):  # a value cannot pose as another key=value
+        return '"' + text.replace('"', '\\"') + '"'
+    return text
+
+
 class TextFormatter(logging.Formatter):
-    """``<time>Z LEVEL logger message key=value ...`` for people reading a terminal."""
+    """``<time>Z LEVEL logger message key=value ...`` for people reading a terminal.
+
+    One record is one line: the message and every value are escaped (``escape_text``) and
+    values with a space, quote or ``=`` are quoted, so nothing a client sends (a path, an
+    unsigned ``instance_id``) can forge a line or a field. A traceback follows on lines that
+    each start with ``  | ``."""
 
     converter = time.gmtime
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        extras = " ".join(f"{k}={v}" for k, v in record.__dict__.items()
-                          if k not in RESERVED and not k.startswith("_"))
-        return f"{line} {extras}" if extras else line
+        parts = [f"{self.formatTime(record)}Z", record.levelname, record.name, escape_text(record.getMessage())]
+        parts += [f"{key}={_text_value(value)}" for key, value in record.__dict__.items()
+                  if key not in RESERVED and not key.startswith("_")]
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "".join("\n  | " + escape_text(tb_line) for tb_line in
+                            self.formatException(record.exc_info).splitlines())
+        return line
 
 
 ACCESS = logging.getLogger("cp.access")
@@ -68,15 +97,13 @@ def log_request(method: str, path: str, status: int, started: float, remote: str
 
 def init_app(app) -> None:
     settings = app.config["CP_SETTINGS"]
-    # Neither format shows the caller's file and line, thread or process: not collecting them
-    # makes every record cheaper (the logging HOWTO's "Optimization"; one line per request).
-    logging._srcfile = None
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    # No global switch of the logging module is touched (``logging.logProcesses`` and the like
+    # belong to the whole process: gunicorn's own lines use ``%(process)d``).
     handler = logging.StreamHandler(sys.stderr)
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(TextFormatter("%(asctime)sZ %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger("cp")
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)

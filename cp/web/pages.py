@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, request
+from flask_login import current_user
 from marshmallow import ValidationError
 
 from cp.web import charts
@@ -53,8 +54,10 @@ def installation(instance_id: str):
 
 def installation_extras(inst) -> dict:
     """The delivery sections of the installation page: updates, restores, plugins."""
-    return {"updates": rollouts.installation_history(inst.id), "restores": restores.installation_history(inst.id),
-            "plugins": plugins.installation_history(inst.id)}
+    extras = {"updates": rollouts.installation_history(inst.id), "plugins": plugins.installation_history(inst.id)}
+    if current_user.can(restores.READ_ROLE):
+        extras["restores"] = restores.installation_history(inst.id)
+    return extras
 
 
 def init_app(app) -> None:
