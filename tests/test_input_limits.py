@@ -133,8 +133,9 @@ def test_the_largest_and_smallest_slo_figures_read_back(app, agent, support_page
 def test_restore_schedule_refuses_a_time_outside_the_range(app, client, agent):
     assert agent.heartbeat("acme-001").status_code == 200
     for value in OUT_OF_RANGE:
-        body = refused(client.post("/api/restores/schedule", json={"instance_ids": ["acme-001"], "scheduled_for": value},
-                                   headers=bearer("admin")), 422, "validation_error")
+        resp = client.post("/api/restores/schedule", json={"instance_ids": ["acme-001"], "scheduled_for": value},
+                           headers=bearer("admin"))
+        body = refused(resp, 422, "validation_error")
         assert list(body["details"]) == ["scheduled_for"]
     resp = client.get("/api/restores", headers=bearer("admin"))
     assert resp.status_code == 200 and resp.get_json()["total"] == 0

@@ -50,7 +50,7 @@ def _json_object_or_none(raw: bytes) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-TIMESTAMP_RE = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,6})?")
+TIMESTAMP_RE = re.compile(r"^[0-9]{1,12}(?:\.[0-9]{1,6})?$")  # fullmatch; the OpenAPI document's pattern
 # a nonce can match only while its timestamp is in the window (up to 5 minutes either side)
 NONCE_TTL = timedelta(seconds=2 * signing.REPLAY_WINDOW_SECONDS + 60)
 PRUNE_ONE_IN = 500

@@ -35,6 +35,7 @@ from marshmallow import Schema, fields
 from config import INSTANCE_ID_RE
 from cp import signing
 from cp.web.parsing import MAX_JSON_DEPTH
+from cp.agent_api.signed import TIMESTAMP_RE
 from cp.web.errors import HTTP_CODES
 from cp.api import bp
 
@@ -160,7 +161,7 @@ def _complete(op: dict, view, method: str, endpoint: str, path_params: list[dict
                 "description": "Unix seconds (decimals allowed); when sent, the signature covers "
                                "`timestamp + \".\" + body` and the request is refused if older than 5 minutes "
                                "or replayed. Required when CONTROL_PLANE_REQUIRE_AGENT_TIMESTAMP=1.",
-                "schema": {"type": "string", "pattern": r"^[0-9]{1,12}(\.[0-9]{1,6})?$"},
+                "schema": {"type": "string", "pattern": TIMESTAMP_RE.pattern},
             })
         # the agent gate always reads a JSON object body (cp.agent_api.signed)
         statuses |= {400, 401, 413, 415, 422, 429}

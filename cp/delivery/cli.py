@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import click
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from config import INSTANCE_ID_RE
 from cp.delivery.releases import is_version, public_key_b64, sign_manifest
 from cp.delivery.plugins import PLUGIN_NAME_HELP, is_plugin_name
 
-KEY_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+KEY_ID_RE = INSTANCE_ID_RE  # a key id is named by the same rule as an installation
 
 keys_group = click.Group("keys", help="Release signing keys (Ed25519).")
 releases_group = click.Group("releases", help="Sign release manifests.")

@@ -69,8 +69,8 @@ def _too_deep(data: Any, limit: int) -> bool:
 
 
 def decode_json(raw: bytes) -> Any:
-    """Strict JSON: UTF-8 only (UTF-16 and -32 too are 400), no NaN or Infinity, nested at most ``MAX_JSON_DEPTH`` levels;
-    400 ``invalid_json`` otherwise."""
+    """Strict JSON: UTF-8 only (UTF-16 and -32 too are 400), no NaN or Infinity, nested at most
+    ``MAX_JSON_DEPTH`` levels; 400 ``invalid_json`` otherwise."""
     try:
         # strict UTF-8 (a leading BOM aside): json.loads(bytes) would let encoded surrogates through
         text = raw.decode("utf-8-sig")
@@ -114,20 +114,14 @@ def text_errors(value: Any) -> Any:
     return None
 
 
-def check_text(data: dict) -> None:
-    """422 naming each field whose text cannot be stored (``text_errors``)."""
-    errors = text_errors(data)
-    if errors:
-        raise Invalid("The request failed validation.", details=errors)
-
-
 def check_object(data: Any, raw: bytes) -> dict:
     """The decoded body must be an object (400); text that cannot be stored (NUL characters,
     lone surrogates) is a 422 naming the field."""
     if not isinstance(data, dict):
         raise BadRequest("The request body must be a JSON object.", code="invalid_json")
-    if _BAD_TEXT_ESCAPE.search(raw):
-        check_text(data)
+    errors = text_errors(data) if _BAD_TEXT_ESCAPE.search(raw) else None
+    if errors:
+        raise Invalid("The request failed validation.", details=errors)
     return data
 
 
