@@ -225,3 +225,21 @@ def test_cli_creates_the_first_admin_issues_a_token_and_deactivates(app, runner,
 def test_people_endpoints_need_credentials(client, path):
     resp = client.get(path)
     assert resp.status_code == 401 and set(resp.get_json()) == {"error", "message", "details"}
+
+
+def test_personal_tokens_are_never_logged(app, client, runner, capsys, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    result = runner.invoke(args=["users", "create", "ann@example.com", "--role", "ops"])
+    assert result.exit_code == 0
+    secret = runner.invoke(args=["users", "token", "ann@example.com", "--name", "ci"]).output.strip().splitlines()[-1]
+    own = client.post("/api/tokens", json={"name": "second"}, headers=as_token(secret)).get_json()["token"]
+    client.get("/api/me", headers=as_token(own))
+    client.get("/api/me", headers=as_token(own + "x"))  # a wrong one is logged as a failure, without itself
+    form_login(app.test_client(), secret)
+    form_login(app.test_client(), own + "y")
+    logged = caplog.text + capsys.readouterr().err
+    assert "login_failed" in logged or "login refused" in logged
+    for value in (secret, own, own[4:20]):
+        assert value not in logged

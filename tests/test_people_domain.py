@@ -117,3 +117,41 @@ def test_token_names_and_expiry_are_validated(ctx):
     for name, days in (("", None), ("x" * 101, None), ("ok", 0), ("ok", 100000)):
         with pytest.raises(Invalid):
             people.issue_token(ann, name, days)
+
+
+def test_two_admins_demoting_each_other_at_once_leave_one_admin(app, postgres_only):
+    """Real threads on PostgreSQL: the locks are taken in one order, one change waits for the
+    other and then sees that it would remove the last admin."""
+    import threading
+
+    with app.app_context():
+        a = people.create_person("a@example.com", "A", "admin", by="admin")
+        b = people.create_person("b@example.com", "B", "admin", by="admin")
+        db.session.commit()
+        ids = {"a": a.id, "b": b.id}
+        actors = {"a": people.Actor.for_person(a, "token"), "b": people.Actor.for_person(b, "token")}
+    barrier = threading.Barrier(2)
+    outcomes: dict[str, str] = {}
+
+    def demote(me: str, other: str) -> None:
+        with app.app_context():
+            barrier.wait()
+            try:
+                people.update_person(ids[other], by=actors[me], role="ops")
+                db.session.commit()
+                outcomes[me] = "ok"
+            except Conflict as exc:
+                db.session.rollback()
+                outcomes[me] = exc.code
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=demote, args=pair) for pair in (("a", "b"), ("b", "a"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes.values()) == ["last_admin", "ok"], outcomes
+    with app.app_context():
+        roles = db.session.execute(sa.select(User.role).where(User.active.is_(True))).scalars().all()
+    assert sorted(roles) == ["admin", "ops"]

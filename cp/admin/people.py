@@ -14,7 +14,7 @@ from flask_admin import expose
 from flask_admin.actions import action
 from flask_wtf import FlaskForm
 from sqlalchemy import false
-from wtforms import IntegerField, StringField
+from wtforms import IntegerField, SelectField, StringField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 from cp import audit, people
@@ -43,8 +43,9 @@ class PeopleView(SecureModelView):
     ]
     column_formatters = {"created_at": fmt.timestamp, "last_seen_at": fmt.timestamp}
     form_columns = ("email", "name", "role", "active")
-    form_choices = {"role": [(r, r) for r in ROLES]}
-    form_args = {"email": {"validators": [DataRequired(), Length(max=254)]},
+    form_overrides = {"role": SelectField}
+    form_args = {"role": {"choices": list(ROLES)},
+                 "email": {"validators": [DataRequired(), Length(max=254)]},
                  "name": {"validators": [Optional(), Length(max=200)]}}
     audit_target_type = "user"
 

@@ -142,12 +142,16 @@ def list_people(*, limit: int = 50, offset: int = 0) -> tuple[list[User], int]:
     return list(items), total
 
 
-def _other_active_admins(person_id: int) -> int:
-    """Active admins other than ``person_id``, their rows locked (PostgreSQL) so that two
-    admins demoting each other at once cannot both pass."""
-    rows = db.session.scalars(select(User.id).where(User.role == "admin", User.active.is_(True),
-                                                    User.id != person_id).with_for_update()).all()
-    return len(rows)
+def _lock_for_change(person_id: int) -> tuple[User | None, int]:
+    """Lock the person and every active admin, in id order (one statement, so two admins
+    changing each other at once wait for one another instead of deadlocking); return the
+    person and how many other active admins remain."""
+    rows = db.session.scalars(
+        select(User).where(or_(User.id == person_id, (User.role == "admin") & User.active.is_(True)))
+        .order_by(User.id).with_for_update().execution_options(populate_existing=True)).all()
+    person = next((r for r in rows if r.id == person_id), None)
+    others = sum(1 for r in rows if r.id != person_id and r.role == "admin" and r.active)
+    return person, others
 
 
 def update_person(person_id: int, *, by: Actor, name: str | None = None, role: str | None = None,
@@ -158,7 +162,7 @@ def update_person(person_id: int, *, by: Actor, name: str | None = None, role: s
     - The last active admin is neither deactivated nor demoted: 409 (a role token can always
       get back in, but a team that moved to people must not lock itself out by accident).
     - Deactivating ends the person's sessions (``session_epoch``) and stops their tokens."""
-    person = db.session.scalar(select(User).where(User.id == person_id).with_for_update())
+    person, other_admins = _lock_for_change(person_id)
     if person is None:
         raise NotFound(f"No person with id {person_id}.")
     if role is not None:
@@ -167,7 +171,7 @@ def update_person(person_id: int, *, by: Actor, name: str | None = None, role: s
             raise Forbidden("You cannot raise your own role.", code="own_role")
     losing_admin = person.role == "admin" and person.active and (
         (role is not None and role != "admin") or active is False)
-    if losing_admin and _other_active_admins(person.id) == 0:
+    if losing_admin and other_admins == 0:
         raise Conflict("This is the last active admin; make someone else admin first.", code="last_admin")
     if name is not None:
         person.name = _check_name(name)
