@@ -3,12 +3,12 @@
 ``GET /api/alerts`` answers with an exact ``total`` and ``GET /api/rollouts/<id>`` with the
 per-status (and per-batch) job counts of the rollout; the dashboard and the panel's rollout
 screens show the same figures, and the dashboard the fleet by health and by channel. Counting
-a million alerts or a 100,000-job rollout on every read costs tens to hundreds of milliseconds. From here on these figures are kept in
-``counter_deltas``: insert-only rows ``(counter, key columns, delta)`` whose sum per key is the
-count. A single counter row per key would serialise every writer of that key (every heartbeat
-that opens or resolves an alert would queue on one row); inserted rows never contend. Reads sum
-a few rows per key; the worker's sweep folds the rows of each key into one
-(``cp.counters.compact``).
+a million alerts or a 100,000-job rollout on every read costs tens to hundreds of milliseconds.
+From here on these figures are kept in ``counter_deltas``: insert-only rows ``(counter, key
+columns, delta)`` whose sum per key is the count. A single counter row per key would serialise
+every writer of that key (every heartbeat that opens or resolves an alert would queue on one
+row); inserted rows never contend. Reads sum a few rows per key; the worker's sweep folds the
+rows of each key into one (``cp.counters.compact``).
 
 The rows are written by database triggers, so every writer counts without knowing about it
 (the heartbeat's raw SQL, the rollout engine's set-based UPDATEs, cascaded deletes, tests and
