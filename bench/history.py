@@ -45,8 +45,9 @@ def slo_day_sql(fleet: int, day: datetime, until: datetime) -> str:
         SELECT i, b, 300 + (i * 37 + extract(epoch FROM b)::bigint / 300) % 400, ((i * 13) % 50) / 10000.0,
             ((i * 7) % 30) / 1000.0
         FROM generate_series(timestamptz '{day.isoformat()}',
-                             least(timestamptz '{(day + timedelta(days=1)).isoformat()}', timestamptz '{until.isoformat()}')
-                             - interval '5 minutes', interval '5 minutes') AS b,
+                             least(timestamptz '{(day + timedelta(days=1)).isoformat()}',
+                                   timestamptz '{until.isoformat()}') - interval '5 minutes',
+                             interval '5 minutes') AS b,
              generate_series(1, {fleet}) AS i
         ORDER BY b, i"""
 

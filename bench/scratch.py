@@ -11,7 +11,6 @@ import sys
 import tempfile
 import uuid
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
 
 import psycopg

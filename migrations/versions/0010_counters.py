@@ -2,13 +2,13 @@
 
 ``GET /api/alerts`` answers with an exact ``total`` and ``GET /api/rollouts/<id>`` with the
 per-status (and per-batch) job counts of the rollout; the dashboard and the panel's rollout
-screens show the same figures, and the dashboard the fleet by health and by channel. Counting a million alerts or a 100,000-job rollout on every read
-costs tens to hundreds of milliseconds. From here on these figures are kept in
-``counter_deltas``: insert-only rows ``(counter, key columns, delta)`` whose sum per key is the
-count. A single counter row per key would serialise every writer of that key (every heartbeat
-that opens or resolves an alert would queue on one row); inserted rows never contend. Reads sum
-a few rows per key; the worker's sweep folds the rows of each key into one
-(``cp.counters.compact``).
+screens show the same figures, and the dashboard the fleet by health and by channel. Counting
+a million alerts or a 100,000-job rollout on every read costs tens to hundreds of milliseconds.
+From here on these figures are kept in ``counter_deltas``: insert-only rows ``(counter, key
+columns, delta)`` whose sum per key is the count. A single counter row per key would serialise
+every writer of that key (every heartbeat that opens or resolves an alert would queue on one
+row); inserted rows never contend. Reads sum a few rows per key; the worker's sweep folds the
+rows of each key into one (``cp.counters.compact``).
 
 The rows are written by database triggers, so every writer counts without knowing about it
 (the heartbeat's raw SQL, the rollout engine's set-based UPDATEs, cascaded deletes, tests and
@@ -17,8 +17,10 @@ once below, in ``COUNTED``, and rendered for both backends:
 
 - PostgreSQL: statement-level triggers with transition tables, one INSERT ... SELECT per
   statement grouped by key (a 100,000-job rollout creation writes one row per batch, not one
-  per job; an UPDATE that changes no key, such as a heartbeat seeing its alerts again, writes
-  none: the old and new rows cancel out).
+  per job; an UPDATE that changes no key writes none: the old and new rows cancel out); except
+  on the tables every heartbeat writes (``ROW_LEVEL``), whose INSERTs are counted per row and
+  whose UPDATEs by a row-level trigger that fires only when the row's key changes: a heartbeat
+  that sees its alerts again and keeps its health and channel calls no trigger function.
 - SQLite: row-level triggers (SQLite has no statement-level ones), firing only when the key of
   the row changes.
 
@@ -26,9 +28,7 @@ Counted:
 - ``alerts``: every alert, keyed by status (``open`` while ``resolved_at`` is NULL, else
   ``resolved``), level, source and whether it is acknowledged.
 - ``jobs``: every job of a rollout, keyed by rollout id, batch (0 when NULL) and status.
-- ``installations``: every installation, keyed by health and release channel ('' when NULL);
-  its UPDATEs are counted by a row-level trigger that fires only when one of the two changes
-  (``ROW_UPDATES``): a heartbeat that changes neither writes nothing and calls nothing.
+- ``installations``: every installation, keyed by health and release channel ('' when NULL).
 
 The triggers are created before the backfill, in the same transaction (on PostgreSQL CREATE
 TRIGGER holds off the tables' writers until this commits), so nothing is counted twice or missed.
@@ -79,10 +79,13 @@ COUNTED = {
         "channel": "COALESCE({r}.release_channel, '')",
     }, "1 = 1"),
 }
-# Tables whose UPDATEs are counted by a row-level trigger that fires only when these columns
-# change, instead of a statement-level one: every heartbeat UPDATEs its installation, and must
-# not pay for transition tables and a function call when its health and channel stay the same.
-ROW_UPDATES = {"installations": ("health", "release_channel")}
+# PostgreSQL: the operations counted by row-level triggers instead of statement-level ones, on
+# the tables every heartbeat writes. A statement-level trigger runs its function (and captures
+# transition tables) for every statement, even one that changes no key or no row: a heartbeat
+# updates its installation, sees its open alerts again and inserts the alerts it opens (often
+# none). A row-level UPDATE trigger fires only ``WHEN`` the row's key changes, an INSERT one
+# only for a row inserted.
+ROW_LEVEL = {"installations": ("update",), "alerts": ("insert", "update")}
 OPERATIONS = ("insert", "update", "delete")
 COLUMN_LIST = ", ".join(KEY_COLUMNS)
 
@@ -126,18 +129,37 @@ $$
 """
 
 
+def _write_row(table: str, alias: str, sign: int) -> str:
+    """A row trigger's statement: count the row ``alias`` (OLD or NEW) with ``sign``."""
+    return (f"INSERT INTO counter_deltas ({COLUMN_LIST}, delta) SELECT {_keys(table, alias)}, {sign} "
+            f"WHERE {_condition(table, alias)};")
+
+
 def _pg_row_function(table: str) -> str:
-    """The row-level UPDATE counterpart of ``_pg_function`` (``ROW_UPDATES``)."""
+    """The row-level counterpart of ``_pg_function`` (``ROW_LEVEL``)."""
     return f"""
 CREATE FUNCTION {table}_count_row() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO counter_deltas ({COLUMN_LIST}, delta)
-    SELECT {_keys(table, "OLD")}, -1 WHERE {_condition(table, "OLD")}
-    UNION ALL SELECT {_keys(table, "NEW")}, 1 WHERE {_condition(table, "NEW")};
+    IF TG_OP <> 'INSERT' THEN
+        {_write_row(table, "OLD", -1)}
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        {_write_row(table, "NEW", 1)}
+    END IF;
     RETURN NULL;
 END
 $$
 """
+
+
+def _key_changed(table: str) -> str:
+    """SQL: the row's key (or whether it counts) differs between OLD and NEW."""
+    exprs, cond = COUNTED[table]
+
+    def key(alias: str) -> str:
+        return ", ".join([exprs[k].format(r=alias) for k in KEY_COLUMNS] + [cond.format(r=alias)])
+
+    return f"({key('OLD')}) IS DISTINCT FROM ({key('NEW')})"
 
 
 def _pg_triggers(table: str) -> list[str]:
@@ -146,11 +168,10 @@ def _pg_triggers(table: str) -> list[str]:
     out = []
     for op_ in OPERATIONS:
         name = _trigger_name(table, op_)
-        if op_ == "update" and table in ROW_UPDATES:
-            columns = ROW_UPDATES[table]
-            changed = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in columns)
-            out.append(f"CREATE TRIGGER {name} AFTER UPDATE OF {', '.join(columns)} ON {table} FOR EACH ROW "
-                       f"WHEN ({changed}) EXECUTE FUNCTION {table}_count_row()")
+        if op_ in ROW_LEVEL.get(table, ()):
+            when = f" WHEN ({_key_changed(table)})" if op_ == "update" else ""
+            out.append(f"CREATE TRIGGER {name} AFTER {op_.upper()} ON {table} FOR EACH ROW{when} "
+                       f"EXECUTE FUNCTION {table}_count_row()")
         else:
             out.append(f"CREATE TRIGGER {name} AFTER {op_.upper()} ON {table} REFERENCING {referencing[op_]} "
                        f"FOR EACH STATEMENT EXECUTE FUNCTION {table}_count()")
@@ -159,17 +180,13 @@ def _pg_triggers(table: str) -> list[str]:
 
 def _sqlite_triggers(table: str) -> list[str]:
     def write(alias: str, sign: int) -> str:
-        return (f"INSERT INTO counter_deltas ({COLUMN_LIST}, delta) SELECT {_keys(table, alias)}, {sign} "
-                f"WHERE {_condition(table, alias)};")
+        return _write_row(table, alias, sign)
 
-    exprs, cond = COUNTED[table]
-    old_key = ", ".join([exprs[k].format(r="OLD") for k in KEY_COLUMNS] + [cond.format(r="OLD")])
-    new_key = ", ".join([exprs[k].format(r="NEW") for k in KEY_COLUMNS] + [cond.format(r="NEW")])
     return [
         f"CREATE TRIGGER {_trigger_name(table, 'insert')} AFTER INSERT ON {table} FOR EACH ROW "
         f"BEGIN {write('NEW', 1)} END",
         f"CREATE TRIGGER {_trigger_name(table, 'update')} AFTER UPDATE ON {table} FOR EACH ROW "
-        f"WHEN ({old_key}) IS NOT ({new_key}) BEGIN {write('OLD', -1)} {write('NEW', 1)} END",
+        f"WHEN {_key_changed(table)} BEGIN {write('OLD', -1)} {write('NEW', 1)} END",
         f"CREATE TRIGGER {_trigger_name(table, 'delete')} AFTER DELETE ON {table} FOR EACH ROW "
         f"BEGIN {write('OLD', -1)} END",
     ]
@@ -196,7 +213,7 @@ def upgrade():
     for table in COUNTED:
         if postgres:
             op.execute(_pg_function(table))
-            if table in ROW_UPDATES:
+            if table in ROW_LEVEL:
                 op.execute(_pg_row_function(table))
             for stmt in _pg_triggers(table):
                 op.execute(stmt)
