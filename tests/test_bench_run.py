@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from bench.run import median_round, target_reads
+from tests.conftest import behind_pgbouncer
 
 
 def rnd(offered: float, p99: float, unfinished: int = 0) -> dict:
@@ -61,6 +62,8 @@ def floor_module(monkeypatch, migrated):
     sys.modules.pop("bench.floor", None)
 
 
+@pytest.mark.skipif(behind_pgbouncer(), reason="the floor talks to PostgreSQL directly: its commit mode is a "
+                                                "startup option, which PgBouncer refuses")
 @pytest.mark.parametrize("env, expected", [({}, "on"), ({"BENCH_FLOOR_ASYNC_COMMIT": "1"}, "off")])
 def test_the_async_floor_commits_as_the_service_heartbeats_do(floor_module, postgres_only, env, expected):
     floor = floor_module(**env)
