@@ -152,8 +152,8 @@ class PgBouncer:
             "pool_mode = transaction",
             f"default_pool_size = {self.pool_size}",
             f"max_client_conn = {self.max_client_conn}",
-            # sent by some clients at start-up; harmless to drop in transaction mode
-            "ignore_startup_parameters = extra_float_digits,options",
+            # sent by some clients at start-up, harmless to drop; a session's ``options`` are refused
+            "ignore_startup_parameters = extra_float_digits",
             f"admin_users = {self.user}",
             f"pidfile = {self.dir / 'pgbouncer.pid'}",
             "log_connections = 0",

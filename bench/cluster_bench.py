@@ -1,6 +1,7 @@
-"""``make cluster-bench``: heartbeats per second of one host talking to PostgreSQL directly, one
-host through PgBouncer, and two hosts through PgBouncer (the scale-out topology of
-``bench.cluster``), on this machine, with where the CPU went.
+"""``make cluster-bench``: heartbeats per second of one host talking to PostgreSQL directly (with
+and without psycopg's server-side prepared statements), one host through PgBouncer, and two
+hosts through PgBouncer (the scale-out topology of ``bench.cluster``), on this machine, with where
+the CPU went and what each heartbeat cost.
 
 One run: create a database, migrate it, seed a fleet (``bench.fleet``), then for each topology
 start its processes, warm up, and measure the peak with ``wrk`` (``bench/heartbeat.lua``,
@@ -36,7 +37,10 @@ from bench.run import (LUA, THREADS, WORKERS, _bench_json, _children, _machine, 
                        drop_database, ensure_wrk, log, seed)
 
 ROOT = Path(__file__).resolve().parent.parent
-TOPOLOGIES = (("one host, direct", 1, False), ("one host, PgBouncer", 1, True), ("two hosts, PgBouncer", 2, True))
+# (name, hosts, through PgBouncer, CONTROL_PLANE_DB_POOLER): the second row separates the cost of
+# running without server-side prepared statements from the cost of PgBouncer itself
+TOPOLOGIES = (("one host, direct", 1, False, "none"), ("one host, direct, unprepared", 1, False, "transaction"),
+              ("one host, PgBouncer", 1, True, "transaction"), ("two hosts, PgBouncer", 2, True, "transaction"))
 
 
 def split_bodies(path: Path, parts: int) -> list[Path]:
@@ -91,14 +95,14 @@ def measure(wrk: str, hosts: list[Host], bodies: list[Path], seconds: float, con
             "generator_cores": gen_cpu / wall, "machine_busy_cores": (after["busy"] - before["busy"]) / wall}
 
 
-def run_topology(name: str, n_hosts: int, pooled: bool, *, env: dict, work: Path, server_dsn: str, dbname: str,
+def run_topology(name: str, n_hosts: int, pooled: bool, pooler: str, *, env: dict, work: Path, server_dsn: str, dbname: str,
                  direct_dsn: str, bodies: Path, wrk: str, args) -> dict:
     bouncer = PgBouncer(work, server_dsn).start() if pooled else None
     hosts: list[Host] = []
     try:
         url = bouncer.url(dbname) if bouncer else "postgresql+psycopg://" + direct_dsn.split("://", 1)[1]
         host_env = {**os.environ, **env, "CONTROL_PLANE_DATABASE_URL": url,
-                    "CONTROL_PLANE_DB_POOLER": "transaction" if pooled else "none"}
+                    "CONTROL_PLANE_DB_POOLER": pooler}
         for k in range(n_hosts):
             instance = work / f"{name.replace(' ', '_').replace(',', '')}-{k}"
             instance.mkdir(parents=True, exist_ok=True)
@@ -121,7 +125,7 @@ def run_topology(name: str, n_hosts: int, pooled: bool, *, env: dict, work: Path
             raise RuntimeError(f"{name}: wrk saw errors: {best}")
         rates = ", ".join(f"{r['rate']:.0f}" for r in runs)
         log(f"{name}: {best['rate']:.0f}/s (rounds: {rates})")
-        return {"topology": name, "hosts": n_hosts, "pgbouncer": pooled, **best,
+        return {"topology": name, "hosts": n_hosts, "pgbouncer": pooled, "db_pooler": pooler, **best,
                 "rounds": [round(r["rate"], 1) for r in runs]}
     finally:
         for h in hosts:
@@ -131,16 +135,19 @@ def run_topology(name: str, n_hosts: int, pooled: bool, *, env: dict, work: Path
 
 
 def print_report(res: dict) -> None:
+    """hb/s, latency, cores in use, and the CPU each heartbeat cost (ms of one core: the figure to
+    size with, since it does not depend on how much of the machine others were using)."""
     print(f"\nheartbeats/s, fleet {res['fleet']}, {res['cpus']} CPUs, each host gunicorn {res['gunicorn']}, "
           f"{res['connections']} connections, best of {res['rounds']} x {res['seconds']:g} s")
-    head = f"{'topology':24} {'hb/s':>7} {'vs 1':>6} {'p50 ms':>7} {'p99 ms':>7} {'hosts':>6} {'pgb':>5} " \
-           f"{'pg':>5} {'wrk':>5} {'busy':>5}  (cores)"
-    print(head)
+    print(f"{'topology':30} {'hb/s':>6} {'vs 1':>5} {'p50':>5} {'p99':>5} | cores: {'web':>5} {'pgb':>5} {'pg':>5} "
+          f"{'wrk':>5} {'busy':>5} | CPU ms/hb: {'web':>5} {'pgb':>5} {'pg':>5}")
     base = res["runs"][0]["rate"]
     for r in res["runs"]:
-        print(f"{r['topology']:24} {r['rate']:7.0f} {r['rate'] / base:6.2f} {r['p50_ms']:7.1f} {r['p99_ms']:7.1f} "
-              f"{r['hosts_cores']:6.2f} {r['pgbouncer_cores']:5.2f} {r['postgres_cores']:5.2f} "
-              f"{r['generator_cores']:5.2f} {r['machine_busy_cores']:5.2f}")
+        per = lambda cores: cores * 1000 / r["rate"]  # noqa: E731
+        print(f"{r['topology']:30} {r['rate']:6.0f} {r['rate'] / base:5.2f} {r['p50_ms']:5.0f} {r['p99_ms']:5.0f} | "
+              f"       {r['hosts_cores']:5.2f} {r['pgbouncer_cores']:5.2f} {r['postgres_cores']:5.2f} "
+              f"{r['generator_cores']:5.2f} {r['machine_busy_cores']:5.2f} |            "
+              f"{per(r['hosts_cores']):5.2f} {per(r['pgbouncer_cores']):5.2f} {per(r['postgres_cores']):5.2f}")
     print(json.dumps(res))
 
 
@@ -175,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         seed(direct_dsn, args.fleet)
         bodies = bf.write_bodies(work / "bodies.tsv", args.fleet, agent_token)
         log(f"database {dbname}: {args.fleet} installations seeded")
-        for name, n_hosts, pooled in TOPOLOGIES:
-            res["runs"].append(run_topology(name, n_hosts, pooled, env=env, work=work, server_dsn=args.pg,
+        for name, n_hosts, pooled, pooler in TOPOLOGIES:
+            res["runs"].append(run_topology(name, n_hosts, pooled, pooler, env=env, work=work, server_dsn=args.pg,
                                             dbname=dbname, direct_dsn=direct_dsn, bodies=bodies, wrk=wrk, args=args))
     finally:
         drop_database(args.pg, dbname)

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from bench.run import median_round, target_reads
+from tests.conftest import behind_pgbouncer
 
 
 def rnd(offered: float, p99: float, unfinished: int = 0) -> dict:
@@ -53,6 +54,8 @@ def floor_module(monkeypatch, migrated):
     sys.modules.pop("bench.floor", None)
 
 
+@pytest.mark.skipif(behind_pgbouncer(), reason="the floor talks to PostgreSQL directly: its commit mode is a "
+                                                 "startup option, which PgBouncer refuses")
 def test_the_floor_commits_as_durably_as_the_service_default(floor_module, postgres_only):
     floor = floor_module()
     assert floor._conn().execute("SHOW synchronous_commit").fetchone()[0] == "on"
