@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from flask import Blueprint, request
-from flask_login import current_user
 from marshmallow import ValidationError
 
 from cp.web import charts
@@ -12,7 +11,7 @@ from cp.delivery import plugins, restores, rollouts
 from cp.delivery.releases import releases_behind
 from cp.admin import render_page
 from cp.api.schemas import InstallationArgsSchema
-from cp.auth import login_required_html
+from cp.auth import current_role, login_required_html, role_allows
 from cp.models import BACKUP_STATUS_VALUES, HEALTH_VALUES
 from cp.timeutil import isoformat
 
@@ -55,7 +54,7 @@ def installation(instance_id: str):
 def installation_extras(inst) -> dict:
     """The delivery sections of the installation page: updates, restores, plugins."""
     extras = {"updates": rollouts.installation_history(inst.id), "plugins": plugins.installation_history(inst.id)}
-    if current_user.can(restores.READ_ROLE):
+    if role_allows(current_role(), restores.READ_ROLE):
         extras["restores"] = restores.installation_history(inst.id)
     return extras
 
