@@ -37,7 +37,8 @@ def commit_modes():
 
 @pytest.mark.parametrize("setting, expected", [
     ({}, "on 1s 5s"),
-    ({"CONTROL_PLANE_HEARTBEAT_SYNCHRONOUS_COMMIT": "1", "CONTROL_PLANE_DB_LOCK_TIMEOUT_MS": "250"}, "on 250ms 5s"),
+    ({"CONTROL_PLANE_HEARTBEAT_SYNCHRONOUS_COMMIT": "1", "CONTROL_PLANE_DB_LOCK_TIMEOUT_MS": "250"},
+     "on 250ms 5s"),
     ({"CONTROL_PLANE_HEARTBEAT_SYNCHRONOUS_COMMIT": "0", "CONTROL_PLANE_DB_STATEMENT_TIMEOUT_MS": "2500"},
      "off 1s 2500ms"),
 ])

@@ -50,7 +50,8 @@ ERROR_DESCRIPTIONS = {
     415: "A body that is not Content-Type: application/json.",
     422: "Validation failed; `details` maps each field to its messages.",
     429: "Rate limited; retry after `Retry-After` seconds.",
-    503: "The database is unavailable; retry shortly.",
+    503: ("The database is unavailable, or (agent routes) a row stayed locked past "
+          "CONTROL_PLANE_DB_LOCK_TIMEOUT_MS; nothing was kept: retry shortly."),
 }
 
 DESCRIPTION = """\
