@@ -52,7 +52,6 @@ def test_a_recently_used_dead_connection_costs_one_503_then_the_process_reconnec
     agent = Agent(app.test_client())
     assert agent.heartbeat("ping-002", health="ok").status_code == 200
     _kill_pooled_connection(app, _server_url(app))
-    # an agent request other than the heartbeat (whose batch retries, see below)
     failed = agent.post("/api/updates/next", {"instance_id": "ping-002"})
     assert failed.status_code == 503
     assert failed.get_json()["error"] == "database_unavailable"
@@ -62,13 +61,15 @@ def test_a_recently_used_dead_connection_costs_one_503_then_the_process_reconnec
     assert retried.get_json() == {"job": None}
 
 
-def test_a_heartbeat_on_a_dead_connection_is_retried_alone_on_a_fresh_one(postgres_only, make_app):
-    """The heartbeat's batch fails before anything is kept, rolls back, and the heartbeat is then
-    answered on its own path, which checks out a new connection: no 503, recorded once."""
+def test_a_heartbeat_on_a_dead_connection_is_a_503_that_kept_nothing_then_goes_through(postgres_only, make_app):
+    """As any agent request: one 503 (the agent sends it again), nothing of it kept, and the
+    next heartbeat on a fresh connection is recorded once."""
     app = make_app(CONTROL_PLANE_DB_PING_IDLE_SECONDS="3600")
     agent = Agent(app.test_client())
     assert agent.heartbeat("ping-003", health="ok").status_code == 200
     _kill_pooled_connection(app, _server_url(app))
+    failed = agent.heartbeat("ping-003", health="degraded")
+    assert failed.status_code == 503 and failed.get_json()["error"] == "database_unavailable"
     resp = agent.heartbeat("ping-003", health="degraded")
     assert resp.status_code == 200, resp.get_json()
     with app.app_context():

@@ -37,12 +37,13 @@ def commit_modes():
 
 @pytest.mark.parametrize("setting, expected", [
     ({}, "on 1s 5s"),
-    ({"CONTROL_PLANE_HEARTBEAT_SYNCHRONOUS_COMMIT": "1", "CONTROL_PLANE_DB_LOCK_TIMEOUT_MS": "250"}, "on 250ms 5s"),
+    ({"CONTROL_PLANE_HEARTBEAT_SYNCHRONOUS_COMMIT": "1", "CONTROL_PLANE_DB_LOCK_TIMEOUT_MS": "250"},
+     "on 250ms 5s"),
     ({"CONTROL_PLANE_HEARTBEAT_SYNCHRONOUS_COMMIT": "0", "CONTROL_PLANE_DB_STATEMENT_TIMEOUT_MS": "2500"},
      "off 1s 2500ms"),
 ])
-def test_heartbeats_commit_durably_unless_the_operator_opts_out_and_carry_their_timeouts(postgres_only, make_app, commit_modes, setting,
-                                                                expected):
+def test_heartbeats_commit_durably_unless_the_operator_opts_out_and_carry_their_timeouts(
+        postgres_only, make_app, commit_modes, setting, expected):
     app = make_app(**setting)
     seen = commit_modes(app)
     agent = Agent(app.test_client())

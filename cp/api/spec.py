@@ -56,7 +56,8 @@ ERROR_DESCRIPTIONS = {
     422: "Validation failed; `details` maps each field to its messages (also text holding NUL or a lone "
          "UTF-16 surrogate, and times outside years 1-9999 in UTC).",
     429: "Rate limited; retry after `Retry-After` seconds.",
-    503: "The database is unavailable; retry shortly.",
+    503: ("The database is unavailable, or (agent routes) a row stayed locked past "
+          "CONTROL_PLANE_DB_LOCK_TIMEOUT_MS; nothing was kept: retry shortly."),
 }
 
 INPUT_LIMITS = f"""\
