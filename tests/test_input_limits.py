@@ -111,6 +111,7 @@ def test_the_edges_of_the_time_range_are_accepted_and_read_back(app, agent, supp
     assert agent.heartbeat("acme-001", health="ok").status_code == 200
 
 
+@pytest.mark.postgres_only
 def test_the_session_time_zone_of_postgresql_cannot_break_reads(make_app, migrated, postgres_only):
     """A server whose ``timezone`` is not UTC hands back 9999-12-31T23:59:59Z as year 10000
     (Tokyo) and 0001-01-01T00:00:00Z as year 0 (New York): the sessions are UTC."""
