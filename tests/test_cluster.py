@@ -69,7 +69,7 @@ def hosts(cluster, clean_db, receiver):
 
 
 def agent(url: str, iid: str) -> AgentClient:
-    return AgentClient(url, iid, AGENT_TOKEN, timestamp=False, timeout=60)
+    return AgentClient(url, iid, AGENT_TOKEN, timeout=60)
 
 
 def parallel(fn, args) -> list:
