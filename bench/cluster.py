@@ -163,9 +163,7 @@ class PgBouncer:
         return ini
 
     def _command(self, ini: Path) -> list[str]:
-        binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-        if not Path(binary).exists():
-            raise SystemExit("pgbouncer is not installed (Debian: apt-get install -y pgbouncer)")
+        binary = pgbouncer_binary()
         if os.geteuid() != 0:
             return [binary, str(ini)]
         user = next(u for u in PGBOUNCER_USERS if _user_exists(u))
@@ -204,6 +202,20 @@ class PgBouncer:
         """Stop, and remove its folder."""
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def pgbouncer_binary() -> str:
+    """Debian's ``pgbouncer`` (``/usr/sbin``), installed with apt-get on a fresh machine."""
+    found = shutil.which("pgbouncer", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
+    if found:
+        return found
+    apt = ["apt-get"] if os.geteuid() == 0 else ["sudo", "apt-get"]
+    print("pgbouncer not found: apt-get install -y pgbouncer", file=sys.stderr, flush=True)
+    quiet = {"env": {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, "stdout": subprocess.DEVNULL}
+    if subprocess.run([*apt, "install", "-y", "-q", "pgbouncer"], **quiet).returncode != 0:
+        subprocess.run([*apt, "update", "-q"], check=True, **quiet)
+        subprocess.run([*apt, "install", "-y", "-q", "pgbouncer"], check=True, **quiet)
+    return shutil.which("pgbouncer", path="/usr/sbin") or sys.exit("pgbouncer could not be installed")
 
 
 def _user_exists(name: str) -> bool:
