@@ -89,8 +89,8 @@ def end_session(_error: BaseException | None = None) -> None:
 
 
 def init_app(app) -> None:
+    app.teardown_appcontext(end_session)
     with app.app_context():
         engine = db.engine
     if engine.dialect.name != "sqlite":  # an embedded file has no connection to lose
         ping_idle_connections(engine, app.config["CP_SETTINGS"].db_ping_idle_seconds)
-    app.teardown_appcontext(end_session)
