@@ -11,6 +11,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import requests
@@ -18,7 +19,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import make_url
 
 from bench.cluster import Cluster, wait_until
-from cp.agent_client import AgentClient
+from cp.agent_client import AgentClient, AgentError, build_request
 from cp.delivery.releases import sign_manifest
 from cp.extensions import db
 from cp.models import Installation, InstallationPlugin, Job, OutboxEvent
@@ -68,8 +69,27 @@ def hosts(cluster, clean_db, receiver):
     return cluster.urls
 
 
-def agent(url: str, iid: str) -> AgentClient:
-    return AgentClient(url, iid, AGENT_TOKEN, timestamp=False, timeout=60)
+class Agent(AgentClient):
+    """The reference client, signing without a timestamp: an agent asking twice at once sends the
+    same bytes twice, which must not be refused as a replay."""
+
+    def post(self, path: str, payload: dict, *, raise_for_status: bool = True) -> tuple[int, Any]:
+        req = build_request(path, {"instance_id": self.instance_id, **payload}, self.secret, timestamp=False)
+        resp = self.session.post(self.base_url + req.path, data=req.body, headers=req.headers, timeout=self.timeout)
+        if raise_for_status and resp.status_code >= 400:
+            raise AgentError(resp.status_code, json_or_text(resp))
+        return resp.status_code, json_or_text(resp)
+
+
+def agent(url: str, iid: str) -> Agent:
+    return Agent(url, iid, AGENT_TOKEN, timeout=60)
+
+
+def json_or_text(resp: requests.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return resp.text
 
 
 def parallel(fn, args) -> list:
@@ -321,13 +341,6 @@ def test_a_connection_lost_after_the_last_statement_keeps_the_answer(cluster, ho
 
 
 # --- PgBouncer restarted under load ---------------------------------------------------------------
-def json_or_text(resp: requests.Response):
-    try:
-        return resp.json()
-    except ValueError:
-        return resp.text
-
-
 def test_pgbouncer_restarted_under_load_costs_one_503_per_request_in_flight_and_no_wrong_answer(
         cluster, hosts, app):
     clients, per_client = 8, 12  # each client cycles over its installations (far below their rate limit)
