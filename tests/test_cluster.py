@@ -338,6 +338,14 @@ def test_a_connection_lost_after_the_last_statement_keeps_the_answer(cluster, ho
 
     resp = app.test_client().get("/api/installations", headers=bearer("support"))
     assert resp.status_code == 200 and [i["instance_id"] for i in resp.get_json()["items"]] == ["c-000"]
+    ready_again(cluster)
+
+
+def ready_again(cluster) -> None:
+    """After a restart of PgBouncer: each host has found its pooled connections dead (a request
+    that reuses one at once answers 503 and renews the pool) and answers again."""
+    for url in cluster.urls:
+        wait_until(lambda: requests.get(url + "/readyz", timeout=30).status_code == 200, 30, f"{url} ready")
 
 
 # --- PgBouncer restarted under load ---------------------------------------------------------------
