@@ -63,7 +63,7 @@ def floor_module(monkeypatch, migrated):
 
 
 @pytest.mark.skipif(behind_pgbouncer(), reason="the floor talks to PostgreSQL directly: its commit mode is a "
-                                                "startup option, which does not pass through PgBouncer")
+                                                "startup option, which PgBouncer refuses")
 @pytest.mark.parametrize("env, expected", [({}, "on"), ({"BENCH_FLOOR_ASYNC_COMMIT": "1"}, "off")])
 def test_the_async_floor_commits_as_the_service_heartbeats_do(floor_module, postgres_only, env, expected):
     floor = floor_module(**env)
