@@ -119,7 +119,7 @@ class PgBouncer:
     the PostgreSQL of ``server_dsn``; every database of that server is reachable through it."""
 
     def __init__(self, workdir: Path, server_dsn: str = SERVER_DSN, *, pool_size: int = 20,
-                 max_client_conn: int = 1000):
+                 max_client_conn: int = 1000, ignore_startup_parameters: tuple[str, ...] = ("extra_float_digits",)):
         info = psycopg.conninfo.conninfo_to_dict(server_dsn)
         self.server_host, self.server_port = info.get("host", "127.0.0.1"), int(info.get("port", 5432))
         self.user = info.get("user", "postgres")
@@ -128,6 +128,9 @@ class PgBouncer:
         self.dir = Path(tempfile.mkdtemp(prefix="cp-pgbouncer-"))
         self.port = free_port()
         self.pool_size, self.max_client_conn = pool_size, max_client_conn
+        # sent by some clients at start-up, harmless to drop; anything else (a session's
+        # ``options``, say) is refused with an error rather than dropped silently
+        self.ignore_startup_parameters = ignore_startup_parameters
         self.process: Process | None = None
 
     def url(self, database: str) -> str:
@@ -152,8 +155,7 @@ class PgBouncer:
             "pool_mode = transaction",
             f"default_pool_size = {self.pool_size}",
             f"max_client_conn = {self.max_client_conn}",
-            # sent by some clients at start-up, harmless to drop; a session's ``options`` are refused
-            "ignore_startup_parameters = extra_float_digits",
+            f"ignore_startup_parameters = {','.join(self.ignore_startup_parameters)}",
             f"admin_users = {self.user}",
             f"pidfile = {self.dir / 'pgbouncer.pid'}",
             "log_connections = 0",
@@ -163,9 +165,7 @@ class PgBouncer:
         return ini
 
     def _command(self, ini: Path) -> list[str]:
-        binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-        if not Path(binary).exists():
-            raise SystemExit("pgbouncer is not installed (Debian: apt-get install -y pgbouncer)")
+        binary = pgbouncer_binary()
         if os.geteuid() != 0:
             return [binary, str(ini)]
         user = next(u for u in PGBOUNCER_USERS if _user_exists(u))
@@ -204,6 +204,20 @@ class PgBouncer:
         """Stop, and remove its folder."""
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def pgbouncer_binary() -> str:
+    """Debian's ``pgbouncer`` (``/usr/sbin``), installed with apt-get on a fresh machine."""
+    found = shutil.which("pgbouncer", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
+    if found:
+        return found
+    apt = ["apt-get"] if os.geteuid() == 0 else ["sudo", "apt-get"]
+    print("pgbouncer not found: apt-get install -y pgbouncer", file=sys.stderr, flush=True)
+    quiet = {"env": {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, "stdout": subprocess.DEVNULL}
+    if subprocess.run([*apt, "install", "-y", "-q", "pgbouncer"], **quiet).returncode != 0:
+        subprocess.run([*apt, "update", "-q"], check=True, **quiet)
+        subprocess.run([*apt, "install", "-y", "-q", "pgbouncer"], check=True, **quiet)
+    return shutil.which("pgbouncer", path="/usr/sbin") or sys.exit("pgbouncer could not be installed")
 
 
 def _user_exists(name: str) -> bool:

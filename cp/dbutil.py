@@ -1,7 +1,8 @@
-"""Small helpers for statements that differ between PostgreSQL and SQLite, and the pool's
-liveness test."""
+"""Small helpers for statements that differ between PostgreSQL and SQLite, the pool's liveness
+test, and the end of a request's session when its connection died after its last statement."""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from cp.errors import NotFound
 from cp.extensions import db
+
+log = logging.getLogger("cp.dbutil")
 
 
 def dialect_name() -> str:
@@ -111,7 +114,25 @@ def ping_idle_connections(engine, idle_seconds: float) -> None:
             raise
 
 
+def end_session(_error: BaseException | None = None) -> None:
+    """End the app context's session; if the rollback that ends it finds the connection gone
+    (PostgreSQL or PgBouncer restarted after the request's last statement), let the pool drop it
+    instead of raising out of the teardown, which would turn the answer already made into a 500.
+    Nothing is lost: the server rolled back what was open when the connection died, and what the
+    request committed stays committed (its answer says so). Registered after Flask-SQLAlchemy's
+    own teardown, so it runs before it (that one then finds no session left)."""
+    try:
+        db.session.remove()
+    except exc.DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        log.warning("connection lost at the end of a request: %s", type(error.orig).__name__,
+                    extra={"event": "db_connection_lost"})
+        db.session.remove()  # the invalidated connection is discarded; nothing left to roll back
+
+
 def init_app(app) -> None:
+    app.teardown_appcontext(end_session)
     with app.app_context():
         engine = db.engine
     if engine.dialect.name != "sqlite":  # an embedded file has no connection to lose
