@@ -20,10 +20,8 @@ set-based (10% failed) and batch 31 in progress. Then, in the service in-process
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import json
-import os
 import sys
 import time
 
@@ -32,7 +30,7 @@ import psycopg
 from bench import fleet as bf
 from bench import serverside
 from bench.run import vacuum
-from bench.scratch import execute, fmt_table, one, scratch_database, timed_sql
+from bench.scratch import execute, fmt_table, one, parser, scratch_database, timed_sql
 
 TARGET_MS = 50.0
 BATCH_SIZE = 1000
@@ -171,12 +169,9 @@ def check_exact(dsn: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--fleet", type=int, default=100_000, help="installations (10 alerts each; default 100,000)")
     ap.add_argument("--churn", type=int, default=20_000, help="single-row changes before compaction (default 20,000)")
-    ap.add_argument("--repeat", type=int, default=15)
-    ap.add_argument("--pg", default=os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
-    ap.add_argument("--keep-db", action="store_true")
     a = ap.parse_args(argv)
 
     from cp import create_app

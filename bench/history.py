@@ -13,12 +13,10 @@ each over the same days. Then, in the service in-process (``app.test_client()``)
    day's partition dropped, the next ones created), against a ``DELETE`` of a day's rows (timed
    on another day's partition and rolled back).
 
-    python -m bench.history [--fleet 10000] [--days 30] [--repeat 15] [--pg DSN]
+    python -m bench.history [--fleet 4000] [--days 30] [--repeat 15] [--pg DSN]
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -28,7 +26,7 @@ import psycopg
 from bench import fleet as bf
 from bench import serverside
 from bench.run import vacuum
-from bench.scratch import execute, fmt_table, one, scratch_database
+from bench.scratch import execute, fmt_table, one, parser, scratch_database
 
 TARGET_MS = 50.0
 EVENTS_PER_INSTALLATION = 10
@@ -62,12 +60,9 @@ def events_sql(fleet: int, days: int, now: datetime) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--fleet", type=int, default=10_000, help="installations (default 10,000)")
+    ap = parser(__doc__)
+    ap.add_argument("--fleet", type=int, default=4_000, help="installations (default 4,000)")
     ap.add_argument("--days", type=int, default=30, help="days of 5-minute history (default 30)")
-    ap.add_argument("--repeat", type=int, default=15)
-    ap.add_argument("--pg", default=os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
-    ap.add_argument("--keep-db", action="store_true")
     a = ap.parse_args(argv)
 
     from cp import create_app

@@ -3,6 +3,7 @@
 service's settings, dropped at the end (unless kept)."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import secrets
@@ -17,6 +18,16 @@ import psycopg
 
 from bench import serverside
 from bench.run import ROOT, create_database, drop_database
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every data benchmark takes: ``--repeat``, ``--pg``, ``--keep-db``."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=15, help="timed runs of each read (default 15)")
+    ap.add_argument("--pg", default=os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
+                    help="the PostgreSQL server (a scratch database is created there and dropped)")
+    ap.add_argument("--keep-db", action="store_true", help="do not drop the scratch database")
+    return ap
 
 
 @contextmanager

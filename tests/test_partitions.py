@@ -15,7 +15,7 @@ from cp.extensions import db
 from cp.fleet import history
 from tests.conftest import Agent
 
-pytestmark = pytest.mark.postgres_only
+pytestmark = [pytest.mark.postgres_only, pytest.mark.usefixtures("postgres_only")]
 
 T0 = datetime(2031, 3, 1, 12, 0, tzinfo=timezone.utc)  # far from the other tests' dates
 
