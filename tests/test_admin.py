@@ -8,14 +8,29 @@ import re
 
 import flask_admin
 import pytest
+from flask import url_for
 from flask_admin import Admin
 from flask_admin.contrib.sqla import ModelView
-from sqlalchemy import select
+from sqlalchemy import event, select
 
+from cp import audit
 from cp.admin import Panel
+from cp.admin.audit import AuditLogView
+from cp.admin.fleet import AlertView, InstallationView
 from cp.extensions import db
-from cp.models import Alert, AuditLog, Installation, JobFailure
-from tests.conftest import ROOT, csrf_token_from, login
+from cp.models import (
+    Alert,
+    AuditLog,
+    Installation,
+    InstallationEvent,
+    Job,
+    JobFailure,
+    PluginRequest,
+    Release,
+    RestoreVerification,
+    Rollout,
+)
+from tests.conftest import ROOT, csrf_token_from, empty_tables, login
 from tests.panel_seed import XSS, XSS_ESCAPED, seed
 
 ROLES = ("support", "ops", "admin")
@@ -87,8 +102,6 @@ def test_every_registered_screen_follows_its_required_role(app, client, fleet):
     views = [v for v in admin.screens.values() if getattr(v, "required_role", None)]
     assert {"installations", "alerts", "job_failures", "audit_log"} <= {v.endpoint for v in views}
     with app.test_request_context():
-        from flask import url_for
-
         urls = {v.endpoint: url_for(f"{v.endpoint}.index") if v.endpoint == "admin" else
                 url_for(f"{v.endpoint}.index_view") for v in views}
     for v in views:
@@ -239,8 +252,6 @@ def test_admin_edits_installation_and_the_change_is_audited(app, client, fleet):
     assert entry.target_type == "installation"
     assert entry.details["changes"] == {"client": ["Acme SA", "Acme Group"], "release_channel": ["stable", "beta"]}
     # the channel change is in the installation's history like a reported one
-    from cp.models import InstallationEvent
-
     with app.app_context():
         events = db.session.execute(select(InstallationEvent.field, InstallationEvent.old_value,
                                            InstallationEvent.new_value)
@@ -323,8 +334,6 @@ def test_installation_filters_and_search(client, fleet):
         return sorted(set(re.findall(r'/installations/([a-z]+-\d{3})"', html)))
 
     def flt(label, op, value):
-        from cp.admin.fleet import InstallationView
-
         idx = next(i for i, f in enumerate(InstallationView.column_filters)
                    if f.name == label and f.operation() == op)
         return {f"flt0_{idx}": value}
@@ -344,8 +353,6 @@ def test_installation_filters_and_search(client, fleet):
 
 
 def test_alert_filters_search_and_pagination(app, client, fleet):
-    from cp.admin.fleet import AlertView
-
     def flt(label, value, op=None):
         idx = next(i for i, f in enumerate(AlertView.column_filters)
                    if f.name == label and (op is None or f.operation() == op))
@@ -374,8 +381,6 @@ def test_alert_filters_search_and_pagination(app, client, fleet):
 
 
 def test_list_counts_are_capped(app, client, fleet, monkeypatch):
-    from cp.admin.fleet import AlertView
-
     monkeypatch.setattr(AlertView, "count_cap", 3)
     login(client, "support")
     html = client.get("/admin/alerts/").get_data(as_text=True)
@@ -386,8 +391,6 @@ def test_list_counts_are_capped(app, client, fleet, monkeypatch):
 
 def test_alert_list_queries_do_not_grow_with_the_page(app, client, agent):
     """The installation of every row comes with the page (no N+1), and the total is one query."""
-    from sqlalchemy import event
-
     for i in range(30):
         _ok(agent.heartbeat(f"site-{i:03d}", alerts=[{"level": "warning", "message": f"alert {i}"}],
                             job_failures=[{"queue": "q", "message": f"m {i}"}]))
@@ -427,8 +430,6 @@ def test_agent_text_is_escaped_in_admin_pages(app, client, fleet, path):
 
 
 def test_audit_log_screen_escapes_and_filters(app, client, fleet):
-    from cp import audit
-
     ann = audit.Actor(role="ops", via="sso", person_id=1, email="ann@example.com")
     with app.app_context():
         audit.record_apart("api.test", target_type="x", target_id=XSS, outcome="ok", actor=audit.Actor.for_role("admin"),
@@ -437,8 +438,6 @@ def test_audit_log_screen_escapes_and_filters(app, client, fleet):
     login(client, "admin")
     html = client.get("/admin/audit_log/").get_data(as_text=True)
     assert XSS not in html and XSS_ESCAPED in html
-    from cp.admin.audit import AuditLogView
-
     idx = next(i for i, f in enumerate(AuditLogView.column_filters) if f.name == "Outcome")
     html = client.get("/admin/audit_log/", query_string={f"flt0_{idx}": "conflict"}).get_data(as_text=True)
     assert "api.other" in html and "api.test" not in html
@@ -460,8 +459,6 @@ def test_dashboard_answers_is_the_fleet_ok(app, client, fleet, clock):
     assert table.count("<tr>") == 1 + 4
     assert 'href="/installations/xss-001"' in table
     # an empty fleet is OK
-    from tests.conftest import empty_tables
-
     with app.app_context():
         empty_tables(db.engine)
     login(client, "support")
@@ -481,8 +478,6 @@ def test_dashboard_shows_stale_installations(app, client, agent, clock):
 
 
 def test_dashboard_lists_rollouts_restores_and_plugin_requests(app, client, agent, clock):
-    from cp.models import Job, PluginRequest, Release, RestoreVerification, Rollout
-
     _ok(agent.heartbeat("acme-001", release_channel="stable", version="1.2.3"))
     _ok(agent.heartbeat("acme-002", release_channel="stable", version="1.2.3"))
     with app.app_context():

@@ -1,9 +1,11 @@
 """CLI commands and the reference agent client."""
 import json
 
+import requests
 from sqlalchemy import func, select
 
-from cp.agent_client import AgentClient, main as agent_main
+from config import SETTINGS
+from cp.agent_client import AgentClient, build_request, main as agent_main
 from cp.extensions import db
 from cp.models import Alert, Installation
 from tests.conftest import AGENT_TOKEN, bearer
@@ -29,8 +31,6 @@ def test_seed_demo_is_repeatable(app, runner):
 
 
 def test_env_table_lists_every_setting(runner):
-    from config import SETTINGS
-
     out = runner.invoke(args=["env-table"]).output
     for s in SETTINGS:
         assert f"`{s.env}`" in out
@@ -41,10 +41,6 @@ def test_agent_client_against_live_server(live_server, client):
     body = agent.heartbeat(version="1.2.3", health="degraded", alerts=[{"level": "critical", "message": "<b>x</b>"}])
     assert body["installation"] == "live-001"
     # the timestamped signature cannot be replayed
-    import requests
-
-    from cp.agent_client import build_request
-
     req = build_request("/api/heartbeats", {"instance_id": "live-001"}, AGENT_TOKEN)
     assert requests.post(live_server.url + req.path, data=req.body, headers=req.headers).status_code == 200
     replay = requests.post(live_server.url + req.path, data=req.body, headers=req.headers)

@@ -8,10 +8,14 @@ from pathlib import Path
 
 import pytest
 from apispec.yaml_utils import load_operations_from_docstring
+from flask import Blueprint
 from openapi_spec_validator import validate
 
+from cp.agent_api.signed import agent_endpoint
+from cp.api import spec as spec_module
 from cp.api.rollout_transitions import KINDS, TRANSITIONS
 from cp.api.spec import auth_of, build_spec, openapi_path
+from cp.auth import role_required
 from tests.conftest import ROOT, bearer
 
 METHODS = {"get", "put", "post", "patch", "delete"}
@@ -252,11 +256,6 @@ def test_path_parameters_follow_the_rule_converters(spec):
 
 def test_new_routes_are_picked_up_by_themselves(make_app):
     """A route added later appears with its auth and errors, without touching cp/api/spec.py."""
-    from flask import Blueprint
-
-    from cp.agent_api.signed import agent_endpoint
-    from cp.auth import role_required
-
     app = make_app()
     extra = Blueprint("extra", __name__, url_prefix="/api")
 
@@ -309,8 +308,6 @@ def test_docs_page_is_served_offline_without_login(client, spec):
 
 
 def test_docs_page_escapes_what_it_shows(client, monkeypatch):
-    from cp.api import spec as spec_module
-
     evil = "<script>alert(1)</script>"
     with client.application.app_context():
         real = spec_module.get_spec()

@@ -54,30 +54,30 @@ class JobFailureArgsSchema(ListArgsSchema):
     queue = fields.String(validate=validate.Length(max=255))
 
 
-class AlertSchema(Schema):
+class RecurringSchema(Schema):
+    """What alerts and job failures share: a message of an installation, seen again and again
+    until it is resolved."""
+
     id = fields.Integer(dump_only=True)
     instance_id = fields.String(dump_only=True)
-    level = fields.String(dump_only=True)
-    source = fields.String(dump_only=True)
     message = fields.String(dump_only=True)
-    opened_at = UTCDateTime(dump_only=True)
     last_seen_at = UTCDateTime(dump_only=True)
     occurrences = fields.Integer(dump_only=True)
+    resolved_at = UTCDateTime(dump_only=True, allow_none=True)
+
+
+class AlertSchema(RecurringSchema):
+    level = fields.String(dump_only=True)
+    source = fields.String(dump_only=True)
+    opened_at = UTCDateTime(dump_only=True)
     acknowledged_at = UTCDateTime(dump_only=True, allow_none=True)
     acknowledged_by = fields.String(dump_only=True, allow_none=True)
-    resolved_at = UTCDateTime(dump_only=True, allow_none=True)
     resolved_by = fields.String(dump_only=True, allow_none=True)
 
 
-class JobFailureSchema(Schema):
-    id = fields.Integer(dump_only=True)
-    instance_id = fields.String(dump_only=True)
+class JobFailureSchema(RecurringSchema):
     queue = fields.String(dump_only=True)
-    message = fields.String(dump_only=True)
     first_seen_at = UTCDateTime(dump_only=True)
-    last_seen_at = UTCDateTime(dump_only=True)
-    occurrences = fields.Integer(dump_only=True)
-    resolved_at = UTCDateTime(dump_only=True, allow_none=True)
 
 
 class InstallationSchema(Schema):

@@ -20,6 +20,7 @@ from sqlalchemy.orm import joinedload
 
 from cp.fleet import alerts
 from cp.dbutil import Page, get_by_id, paged
+from cp.delivery.rollouts import refuse_another_report
 from cp.errors import Conflict, NotFound
 from cp.extensions import db
 from cp.models import Alert, Installation, RestoreVerification
@@ -85,10 +86,10 @@ def report(item: RestoreVerification, status: str, *, duration_s: float | None =
     again changes nothing; another status on a reported verification is a ``Conflict``."""
     now = now or utcnow()
     if item.status != "scheduled":
-        if item.status == status:
-            return False
-        raise Conflict(f"Restore verification {item.id} was already reported as {item.status}.",
-                       code="already_reported", details={"status": item.status})
+        refuse_another_report(item.status, status, Conflict(
+            f"Restore verification {item.id} was already reported as {item.status}.", code="already_reported",
+            details={"status": item.status}))
+        return False
     item.status = status
     item.duration_s = duration_s
     item.message = message

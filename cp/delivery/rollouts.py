@@ -341,26 +341,39 @@ def advance(rollout_id: int, *, force: bool = False, from_batch: int | None = No
     return rollout
 
 
+def refuse_another_report(current: str, reported: str, conflict: Conflict) -> None:
+    """A report on something already reported: the same status again is no change, another
+    status is ``conflict`` (jobs here, restore verifications in ``cp.delivery.restores``)."""
+    if current != reported:
+        raise conflict
+
+
+def _to_status(rollout_id: int, status: str, *, allowed_from: tuple[str, ...], verb: str) -> tuple[Rollout, bool]:
+    """The rollout, locked and moved to ``status``, and whether that changed it (already there:
+    the transition again changes nothing); 409 from a status not in ``allowed_from``."""
+    rollout = get_rollout(rollout_id, lock=True)
+    if rollout.status == status:
+        return rollout, False
+    if rollout.status not in allowed_from:
+        raise _not_allowed(rollout, verb)
+    rollout.status = status
+    return rollout, True
+
+
 def pause(rollout_id: int, *, reason: str | None = None, by: str | None = None) -> Rollout:
     """Stop handing out new jobs. Pausing a paused rollout changes nothing."""
-    rollout = get_rollout(rollout_id, lock=True)
-    if rollout.status == "paused":
+    rollout, changed = _to_status(rollout_id, "paused", allowed_from=("active",), verb="paused")
+    if not changed:
         return rollout
-    if rollout.status != "active":
-        raise _not_allowed(rollout, "paused")
-    rollout.status = "paused"
     rollout.paused_reason = reason or (f"paused by {by}" if by else "paused")
     return rollout
 
 
 def resume(rollout_id: int, *, by: str | None = None, now: datetime | None = None) -> Rollout:
     """Hand out jobs again; resolves the rollout's gate alert. Resuming an active one changes nothing."""
-    rollout = get_rollout(rollout_id, lock=True)
-    if rollout.status == "active":
+    rollout, changed = _to_status(rollout_id, "active", allowed_from=("paused",), verb="resumed")
+    if not changed:
         return rollout
-    if rollout.status != "paused":
-        raise _not_allowed(rollout, "resumed")
-    rollout.status = "active"
     rollout.paused_reason = None
     _resolve_gate_alerts(rollout, by or "system", now or utcnow())
     return rollout
@@ -369,12 +382,9 @@ def resume(rollout_id: int, *, by: str | None = None, now: datetime | None = Non
 def cancel(rollout_id: int, *, by: str | None = None, now: datetime | None = None) -> Rollout:
     """Cancel the pending jobs; finished and in-progress jobs stay. Cancelling twice changes nothing."""
     now = now or utcnow()
-    rollout = get_rollout(rollout_id, lock=True)
-    if rollout.status == "cancelled":
+    rollout, changed = _to_status(rollout_id, "cancelled", allowed_from=("active", "paused"), verb="cancelled")
+    if not changed:
         return rollout
-    if rollout.status == "completed":
-        raise _not_allowed(rollout, "cancelled")
-    rollout.status = "cancelled"
     rollout.paused_reason = None
     db.session.execute(update(jobs_t).where(jobs_t.c.rollout_id == rollout.id, jobs_t.c.status == "pending")
                        .values(status="cancelled", message=f"rollout cancelled by {by or 'system'}",
@@ -554,10 +564,9 @@ def report_job(job_kind: str, instance_id: str, job_id: int, status: str, messag
     job = db.session.scalars(select(Job).where(Job.id == job_id).with_for_update(of=Job)
                              .execution_options(populate_existing=True)).one()
     if job.status in JOB_FINISHED:
-        if job.status == status:
-            return job  # the same report again: no change
-        raise Conflict(f"Job {job.id} is already {job.status}.", code="job_finished",
-                       details={"status": job.status})
+        refuse_another_report(job.status, status, Conflict(f"Job {job.id} is already {job.status}.",
+                                                           code="job_finished", details={"status": job.status}))
+        return job  # the same report again: no change
     if not _is_handed_out(job):
         raise Conflict(f"Job {job.id} has not been handed out (its batch is not open or its rollout is "
                        f"{job.rollout.status if job.rollout else 'gone'}).", code="job_not_available",

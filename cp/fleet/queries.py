@@ -140,17 +140,15 @@ def _installation_id_filter(column, instance_id: str | None) -> list:
     return [column.in_(select(Installation.id).where(Installation.instance_id == instance_id))]
 
 
+def _open_or_resolved(resolved_at, status: str | None) -> list:
+    """``status`` open / resolved (else any) as a condition on the ``resolved_at`` column."""
+    return {"open": [resolved_at.is_(None)], "resolved": [resolved_at.is_not(None)]}.get(status or "", [])
+
+
 def alert_filters(*, instance_id: str | None = None, status: str | None = None, level: str | None = None,
                   source: str | None = None, acknowledged: bool | None = None) -> list:
-    conds = _installation_id_filter(Alert.installation_id, instance_id)
-    if status == "open":
-        conds.append(Alert.resolved_at.is_(None))
-    elif status == "resolved":
-        conds.append(Alert.resolved_at.is_not(None))
-    if level:
-        conds.append(Alert.level == level)
-    if source:
-        conds.append(Alert.source == source)
+    conds = (_installation_id_filter(Alert.installation_id, instance_id) + _open_or_resolved(Alert.resolved_at, status)
+             + equal_to(Alert, level=level, source=source))
     if acknowledged is not None:
         conds.append(Alert.acknowledged_at.is_not(None) if acknowledged else Alert.acknowledged_at.is_(None))
     return conds
@@ -169,12 +167,7 @@ def list_alerts(*, limit: int = 50, offset: int = 0, **filters: Any) -> Page:
 
 def list_job_failures(*, limit: int = 50, offset: int = 0, instance_id: str | None = None,
                       status: str | None = None, queue: str | None = None) -> Page:
-    conds = _installation_id_filter(JobFailure.installation_id, instance_id)
-    if status == "open":
-        conds.append(JobFailure.resolved_at.is_(None))
-    elif status == "resolved":
-        conds.append(JobFailure.resolved_at.is_not(None))
-    if queue:
-        conds.append(JobFailure.queue == queue)
+    conds = (_installation_id_filter(JobFailure.installation_id, instance_id)
+             + _open_or_resolved(JobFailure.resolved_at, status) + equal_to(JobFailure, queue=queue))
     return paged(JobFailure, conds, newest=JobFailure.last_seen_at, limit=limit, offset=offset,
                  options=(joinedload(JobFailure.installation),))
