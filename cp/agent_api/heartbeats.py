@@ -27,9 +27,7 @@ def heartbeat(data: dict):
     """Record a heartbeat.
     ---
     post:
-      tags: [agent]
       summary: Report an installation's state; registers unknown installations.
-      security: [{agentSignature: []}]
       requestBody:
         required: true
         content:

@@ -29,9 +29,7 @@ def create_plugin_request(data: dict):
     """Ask for a plugin.
     ---
     post:
-      tags: [agent]
       summary: A pending request for the plugin (version null - the newest), for an admin to approve or reject.
-      security: [{agentSignature: []}]
       requestBody:
         required: true
         content:
@@ -60,9 +58,7 @@ def own_plugin_requests(data: dict):
     """This installation's plugin requests and their decisions.
     ---
     post:
-      tags: [agent]
       summary: The installation's own requests, newest first; a rejected one carries the admin's decision_reason.
-      security: [{agentSignature: []}]
       requestBody:
         required: true
         content:
@@ -87,12 +83,10 @@ def next_plugin_job(data: dict):
     """The plugin job this installation should run now.
     ---
     post:
-      tags: [agent]
       summary: An approved install or a job of an opened plugin-rollout batch that has not finished, else null.
       description: >
         As /api/updates/next - the job is in_progress once fetched and asking again returns it;
         a paused or cancelled rollout hands out no new job. The job carries the plugin's name.
-      security: [{agentSignature: []}]
       requestBody:
         required: true
         content:
@@ -117,12 +111,10 @@ def report_plugin_job(data: dict):
     """Report progress or the outcome of a plugin job.
     ---
     post:
-      tags: [agent]
       summary: in_progress, succeeded (records the installed plugin version) or failed; returns the job.
       description: >-
         As /api/updates/report - the job's fields, and the same object under `job`. The same
         report twice is a no-op 200; a different status on a finished job is 409.
-      security: [{agentSignature: []}]
       requestBody:
         required: true
         content:

@@ -28,13 +28,11 @@ def report_restore(data: dict):
     """Report the result of a restore verification.
     ---
     post:
-      tags: [agent]
       summary: passed or failed (a failed result opens a critical restore alert); returns the verification.
       description: >
         The same result again is a no-op 200; a different result for a verification already
         reported is 409 already_reported. Another installation's verification is 403; an unknown
         id is 404.
-      security: [{agentSignature: []}]
       requestBody:
         required: true
         content:

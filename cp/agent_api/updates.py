@@ -17,10 +17,8 @@ def next_update(data: dict):
     """The update job this installation should run now.
     ---
     post:
-      tags: [agent]
       summary: A job of an opened batch that has not finished, else null; asking again returns the same job.
       description: The job is in_progress once fetched. A paused or cancelled rollout hands out no new job.
-      security: [{agentSignature: []}]
       requestBody:
         required: true
         content:
@@ -45,13 +43,11 @@ def report_update(data: dict):
     """Report progress or the outcome of an update job.
     ---
     post:
-      tags: [agent]
       summary: in_progress, succeeded (sets the installation's version) or failed; returns the job.
       description: >-
         The job's fields, and the same object under `job` (the shape of `/api/updates/next`), so
         clients read both answers alike. The same report twice is a no-op 200; a different status
         on a finished job is 409.
-      security: [{agentSignature: []}]
       requestBody:
         required: true
         content:

@@ -142,7 +142,8 @@ def _complete(op: dict, view, method: str, endpoint: str, path_params: list[dict
     op.setdefault("summary", summary or endpoint)
     if description and "description" not in op:
         op["description"] = description
-    op.setdefault("tags", [endpoint.split(".", 1)[0]])
+    # agent routes are tagged ``agent``; the others by their blueprint, unless the docstring says
+    op.setdefault("tags", ["agent"] if auth == "agent" else [endpoint.split(".", 1)[0]])
     op.setdefault("operationId", endpoint.replace(".", "_") + (f"_{method}" if many_methods else ""))
 
     params = op.setdefault("parameters", [])
