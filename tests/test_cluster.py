@@ -319,19 +319,25 @@ def test_a_connection_lost_after_the_last_statement_keeps_the_answer(cluster, ho
     installations(hosts, 1, "c")
     app = make_app(CONTROL_PLANE_DATABASE_URL=cluster.database_url, CONTROL_PLANE_DB_POOLER="transaction")
 
+    restarted: list[float] = []
+
     @app.after_request
     def restart_pgbouncer(response):  # after the view's last statement, before the teardown
         cluster.pgbouncer.restart()
+        restarted.append(time.monotonic())
         return response
 
     resp = app.test_client().get("/api/installations", headers=bearer("support"))
     assert resp.status_code == 200 and [i["instance_id"] for i in resp.get_json()["items"]] == ["c-000"]
-    ready_again(cluster)
+    ready_again(cluster, restarted[0])
 
 
-def ready_again(cluster) -> None:
-    """After a restart of PgBouncer: each host has found its pooled connections dead (a request
-    that reuses one at once answers 503 and renews the pool) and answers again."""
+def ready_again(cluster, restarted_at: float) -> None:
+    """After a restart of PgBouncer, before the next test: the hosts' pooled connections from
+    before it have sat idle past CONTROL_PLANE_DB_PING_IDLE_SECONDS (1 s), so each is tested
+    before its next use and replaced (a connection reused sooner costs its request a 503, which
+    the restart test counts), and both hosts answer."""
+    time.sleep(max(0.0, restarted_at + 1.5 - time.monotonic()))
     for url in cluster.urls:
         wait_until(lambda: requests.get(url + "/readyz", timeout=30).status_code == 200, 30, f"{url} ready")
 
