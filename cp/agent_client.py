@@ -16,6 +16,10 @@ with ``x-agent-timestamp`` (replay protection), always: a request without it cou
 whoever saw it (docs/security.md). The timestamps a process sends are unique microseconds, so two
 identical requests sent at once are two requests, not a replay. (``build_request`` can leave the
 header out, for tests of a server's handling of agents that do not send it.)
+
+A 503 means the server kept nothing of the request (its database was away, or a row stayed
+locked past the lock timeout): ``AgentClient(..., retries=N)`` sends it again up to N times,
+signed anew, after 0.25 s, 0.5 s, 1 s ... (at most 5 s); the command line retries twice.
 """
 from __future__ import annotations
 
@@ -67,6 +71,10 @@ def build_request(path: str, payload: dict, secret: str, *, timestamp: bool = Tr
     return SignedRequest(path, body, headers)
 
 
+RETRY_FIRST_SECONDS = 0.25
+RETRY_MAX_SECONDS = 5.0
+
+
 class AgentError(RuntimeError):
     def __init__(self, status: int, body: Any):
         super().__init__(f"HTTP {status}: {body}")
@@ -76,16 +84,23 @@ class AgentError(RuntimeError):
 
 class AgentClient:
     def __init__(self, base_url: str, instance_id: str, secret: str, *, timeout: float = 10.0,
-                 session: Any = None):
+                 session: Any = None, retries: int = 0):
         self.base_url = base_url.rstrip("/")
         self.instance_id = instance_id
         self.secret = secret
         self.timeout = timeout
         self.session = session or requests.Session()
+        self.retries = retries  # how many times a 503 (nothing of the request was kept) is sent again
 
     def post(self, path: str, payload: dict, *, raise_for_status: bool = True) -> tuple[int, Any]:
-        req = build_request(path, {"instance_id": self.instance_id, **payload}, self.secret)
-        resp = self.session.post(self.base_url + req.path, data=req.body, headers=req.headers, timeout=self.timeout)
+        for attempt in range(self.retries + 1):
+            # signed anew each time: a fresh timestamp, so the retry is not taken for a replay
+            req = build_request(path, {"instance_id": self.instance_id, **payload}, self.secret)
+            resp = self.session.post(self.base_url + req.path, data=req.body, headers=req.headers,
+                                     timeout=self.timeout)
+            if resp.status_code != 503 or attempt == self.retries:
+                break
+            time.sleep(min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** attempt))
         try:
             body = resp.json()
         except ValueError:
@@ -166,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.secret:
         print("cp-agent: --secret or CP_AGENT_SECRET is required", file=sys.stderr)
         return 2
-    client = AgentClient(args.url, args.instance, args.secret)
+    client = AgentClient(args.url, args.instance, args.secret, retries=2)  # a 503 kept nothing: send again
     try:
         if args.command == "heartbeat":
             fields: dict[str, Any] = {}

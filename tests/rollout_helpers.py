@@ -116,8 +116,10 @@ def server(postgres_only, env, app):
 
 
 def agent_for(server, iid: str) -> AgentClient:
-    # identical concurrent bodies are not replays: each carries its own timestamp
-    return AgentClient(server.url, iid, AGENT_TOKEN, timeout=60)
+    # identical concurrent bodies are not replays: each carries its own timestamp; a 503 (a row
+    # lock waited past the lock timeout on a busy machine: nothing was kept) is sent again, as
+    # agents do
+    return AgentClient(server.url, iid, AGENT_TOKEN, timeout=60, retries=3)
 
 
 def parallel(fn, args, threads: int = THREADS) -> list:

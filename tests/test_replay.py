@@ -3,13 +3,15 @@ must be within 5 minutes of the server's clock, and a signed request takes effec
 from __future__ import annotations
 
 import concurrent.futures
+import http.server
+import threading
 
 import pytest
 import requests
 from sqlalchemy import func, select
 
 from cp.agent_api.signed import TIMESTAMP_RE
-from cp.agent_client import AgentClient, build_request, unique_timestamp
+from cp.agent_client import AgentClient, AgentError, build_request, unique_timestamp
 from cp.agent_client import main as agent_main
 from cp.extensions import db
 from cp.models import AgentNonce, Installation
@@ -206,3 +208,36 @@ def test_timestamps_of_one_process_are_unique_and_increasing():
     assert len(set(stamps)) == len(stamps)
     assert [float(s) for s in stamps] == sorted(float(s) for s in stamps)
     assert all(TIMESTAMP_RE.fullmatch(s) for s in stamps)
+
+
+def test_the_reference_client_sends_a_503_again_signed_anew():
+    """A 503 kept nothing: the client retries it (``retries``) with a fresh timestamp, so the
+    retry is not refused as a replay; without retries it raises."""
+    seen: list[tuple[str, str]] = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the http.server name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.headers["x-agent-timestamp"], self.headers["x-agent-signature"]))
+            status = 503 if len(seen) % 2 else 200
+            body = b'{"error": "database_unavailable"}' if status == 503 else b'{"ok": true}'
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert AgentClient(url, "acme-001", AGENT_TOKEN, retries=1).heartbeat(health="ok") == {"ok": True}
+        assert len(seen) == 2 and seen[0][0] != seen[1][0] and seen[0][1] != seen[1][1]
+        with pytest.raises(AgentError) as refused:
+            AgentClient(url, "acme-001", AGENT_TOKEN).heartbeat(health="ok")
+        assert refused.value.status == 503 and len(seen) == 3
+    finally:
+        server.shutdown()
