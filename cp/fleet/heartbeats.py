@@ -24,7 +24,7 @@ from functools import lru_cache
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import Integer, bindparam, case, func, literal, null, select, true, update
+from sqlalchemy import Integer, bindparam, case, func, literal, null, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cp.fleet.alerts import agent_alert_fingerprint, alert_payload, enqueue_events, job_failure_fingerprint
@@ -336,8 +336,11 @@ def _statements(dialect_name: str) -> _Statements:
 
     slo_t = SloSample.__table__
     slo = ins(slo_t)  # columns from the parameters: installation_id, bucket and the three figures
-    slo = slo.on_conflict_do_update(index_elements=["installation_id", "bucket"],
-                                    set_={k: func.coalesce(slo.excluded[k], slo_t.c[k]) for k in SLO_FIELDS})
+    merged = {k: func.coalesce(slo.excluded[k], slo_t.c[k]) for k in SLO_FIELDS}
+    # the bucket's point is rewritten only when a figure changes (a fleet reports the same ones
+    # minute after minute: no new row version, no WAL for them)
+    slo = slo.on_conflict_do_update(index_elements=["installation_id", "bucket"], set_=merged,
+                                    where=or_(*(slo_t.c[k].is_distinct_from(merged[k]) for k in SLO_FIELDS)))
     return _Statements(
         touch_unchanged=update(inst).where(by_instance_id, *unchanged).values(set_fields).returning(*old_cols),
         lock=select(*old_cols).where(by_instance_id).with_for_update(),
