@@ -155,8 +155,8 @@ def agent_endpoint(view: Callable) -> Callable:
 
     The request's transaction first gets its lock and statement timeouts
     (``cp.dbutil.transaction_settings_guard``: a row held elsewhere fails this request alone,
-    503), in the same statement as the rate-limit count; the count and the nonce ride in it (no extra connection or commit on the hot
-    path). A request that fails or is refused rolls back, and then still counts: recounted in a
+    503) in the same statement as the rate-limit count; the count and the nonce ride in it (no
+    extra connection or commit on the hot path). A request that fails or is refused rolls back, and then still counts: recounted in a
     short transaction of its own.
     """
 
