@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import event, exc, func, select, text, true
+from sqlalchemy import String, and_, bindparam, event, exc, func, select, text, true
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cp.errors import NotFound
@@ -139,17 +139,33 @@ def init_app(app) -> None:
         ping_idle_connections(engine, app.config["CP_SETTINGS"].db_ping_idle_seconds)
 
 
-def transaction_settings(conn) -> None:
-    """PostgreSQL: bound how long the current transaction may wait for a lock
-    (CONTROL_PLANE_DB_LOCK_TIMEOUT_MS) and run one statement
+TRANSACTION_SETTINGS = ("lock_timeout", "statement_timeout")
+
+
+def transaction_settings_guard(dialect_name: str):
+    """PostgreSQL: a condition that is true and, as it is evaluated, bounds how long the current
+    transaction may wait for a lock (CONTROL_PLANE_DB_LOCK_TIMEOUT_MS) and run one statement
     (CONTROL_PLANE_DB_STATEMENT_TIMEOUT_MS), so a row another transaction holds fails this one
     request quickly (503, ``cp.web.errors``) instead of holding its thread. ``set_config(...,
     true)`` is ``SET LOCAL``: this transaction only, so it is safe behind a transaction-pooling
-    PgBouncer. Other backends: nothing."""
-    if conn.dialect.name != "postgresql":
-        return
+    PgBouncer. Other backends: ``true``.
+
+    It rides in the first statement of the agent gate (``cp.web.limits.count_agent_request``:
+    ``INSERT ... SELECT ... WHERE <guard>``), so the settings cost no round trip of their own: the
+    guard is evaluated before the row is inserted, so the lock timeout already bounds that
+    statement's own wait for its row (the statement timeout applies from the next statement).
+    Its values: ``transaction_settings_params()``."""
+    if dialect_name != "postgresql":
+        return true()
+    return and_(*(func.set_config(name, bindparam(f"cp_{name}", type_=String()), true()).is_not(None)
+                  for name in TRANSACTION_SETTINGS))
+
+
+def transaction_settings_params() -> dict[str, str]:
+    """The values ``transaction_settings_guard`` sets (on other backends it has no parameters and
+    SQLAlchemy ignores these)."""
     cfg = current_app.config["CP_SETTINGS"]
-    _set_local(conn, lock_timeout=f"{cfg.db_lock_timeout_ms}ms", statement_timeout=f"{cfg.db_statement_timeout_ms}ms")
+    return {"cp_lock_timeout": f"{cfg.db_lock_timeout_ms}ms", "cp_statement_timeout": f"{cfg.db_statement_timeout_ms}ms"}
 
 
 def commit_without_flush_wait(conn) -> None:

@@ -27,7 +27,7 @@ from sqlalchemy import delete
 
 from config import INSTANCE_ID_RE
 from cp import signing
-from cp.dbutil import insert, transaction_settings
+from cp.dbutil import insert
 from cp.errors import BadRequest, Forbidden, Unauthorized
 from cp.extensions import db
 from cp.web.parsing import check_object, decode_json, parse_json_object, require_json_content_type
@@ -154,9 +154,9 @@ def agent_endpoint(view: Callable) -> Callable:
     """Verify, parse and hand the view the JSON object; the view validates it with its schema.
 
     The request's transaction first gets its lock and statement timeouts
-    (``cp.dbutil.transaction_settings``: a row held elsewhere fails this request alone, 503);
-    the rate-limit count and the nonce ride in it (no extra connection or commit on the hot
-    path). A request that fails or is refused rolls back, and then still counts: recounted in a
+    (``cp.dbutil.transaction_settings_guard``: a row held elsewhere fails this request alone,
+    503) in the same statement as the rate-limit count; the count and the nonce ride in it (no
+    extra connection or commit on the hot path). A request that fails or is refused rolls back, and then still counts: recounted in a
     short transaction of its own.
     """
 
@@ -168,8 +168,7 @@ def agent_endpoint(view: Callable) -> Callable:
 
         key = agent_key(g.agent_instance_id)
         try:
-            transaction_settings(db.session.connection())
-            count_agent_request(key)
+            count_agent_request(key)  # first: it sets the transaction's timeouts too
             if g.agent_nonce is not None:
                 remember_nonce(g.agent_nonce)
             data = g.get("agent_json")

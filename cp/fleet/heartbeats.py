@@ -24,7 +24,7 @@ from functools import lru_cache
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import Integer, bindparam, case, func, literal, null, select, true, update
+from sqlalchemy import Integer, bindparam, case, func, literal, null, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cp.fleet.alerts import agent_alert_fingerprint, alert_payload, enqueue_events, job_failure_fingerprint
@@ -151,7 +151,8 @@ def record_heartbeat(data: dict, now: datetime | None = None, *, with_pending: b
 
     The rules are decided here in Python, then written with a fixed number of statements
     whatever the heartbeat carries, the same on every backend (``_statements``): the
-    installation locked and read, then updated (or registered); one sweep of its open alerts;
+    installation updated in one statement when no followed field changes, else locked and read,
+    then updated (or registered); one sweep of its open alerts;
     and only when needed the new alerts, history events, one job-failure upsert, one SLO upsert;
     plus the outbox when a webhook is configured and alerts opened or resolved.
     ``with_pending``: ``result.pending`` is ``pending_for``'s answer, read after everything
@@ -224,10 +225,18 @@ def record_heartbeat(data: dict, now: datetime | None = None, *, with_pending: b
 
 
 def _touch(conn, st, instance_id: str, provided: dict, now: datetime) -> tuple[dict, bool]:
-    """Lock the installation, read its stored fields and apply the heartbeat's. Returns ``(old
-    values with "id", created)``; an unknown installation registers itself (``created``, no
-    old values)."""
-    old = _lock_and_update(conn, st, instance_id, provided, now)
+    """Apply the heartbeat's fields to the installation, locking its row. Returns ``(old values
+    with "id", created)``; an unknown installation registers itself (``created``, no old values).
+
+    The steady state is one statement (``st.touch_unchanged``): the row updated only when no
+    field people follow (``HISTORY_FIELDS``) changes, its new values returned, which are then
+    also its old ones for those fields. Otherwise the row is locked and read first (the old
+    values make the history events and the channel change), then updated, or registered."""
+    params = {"p_instance_id": instance_id, "now": now, **{f"new_{k}": provided.get(k) for k in SCALAR_FIELDS}}
+    row = conn.execute(st.touch_unchanged, params).first()
+    if row is not None:
+        return dict(row._mapping), False
+    old = _lock_and_update(conn, st, params)
     if old is not None:
         return old, False
     new_id = conn.execute(st.register, {"instance_id": instance_id, "first_seen_at": now, "last_seen_at": now,
@@ -235,11 +244,10 @@ def _touch(conn, st, instance_id: str, provided: dict, now: datetime) -> tuple[d
     if new_id is not None:
         return {"id": new_id}, True
     # registered concurrently: lock it and continue as an update
-    return _lock_and_update(conn, st, instance_id, provided, now), False
+    return _lock_and_update(conn, st, params), False
 
 
-def _lock_and_update(conn, st, instance_id: str, provided: dict, now: datetime) -> dict | None:
-    params = {"p_instance_id": instance_id, "now": now, **{f"new_{k}": provided.get(k) for k in SCALAR_FIELDS}}
+def _lock_and_update(conn, st, params: dict) -> dict | None:
     row = conn.execute(st.lock, params).first()
     if row is None:
         return None
@@ -273,6 +281,7 @@ def _apply(conn, st, plan: Planned, now: datetime, bucket: datetime) -> tuple[li
 
 @dataclass(frozen=True)
 class _Statements:
+    touch_unchanged: Any
     lock: Any
     touch: Any
     register: Any
@@ -295,6 +304,8 @@ def _statements(dialect_name: str) -> _Statements:
     set_fields = {k: func.coalesce(bindparam(f"new_{k}", type_=inst.c[k].type), inst.c[k]) for k in SCALAR_FIELDS}
     set_fields.update(last_seen_at=now, heartbeats_total=inst.c.heartbeats_total + 1)
     by_instance_id = inst.c.instance_id == bindparam("p_instance_id")
+    # the steady state: none of the fields people follow changes (a NULL, absent field keeps its value)
+    unchanged = [inst.c[k].is_not_distinct_from(set_fields[k]) for k in HISTORY_FIELDS]
 
     # the columns come from the parameters (instance_id, first/last_seen_at, heartbeats_total, fields)
     register = ins(inst).on_conflict_do_nothing(index_elements=["instance_id"]).returning(inst.c.id)
@@ -325,9 +336,13 @@ def _statements(dialect_name: str) -> _Statements:
 
     slo_t = SloSample.__table__
     slo = ins(slo_t)  # columns from the parameters: installation_id, bucket and the three figures
-    slo = slo.on_conflict_do_update(index_elements=["installation_id", "bucket"],
-                                    set_={k: func.coalesce(slo.excluded[k], slo_t.c[k]) for k in SLO_FIELDS})
+    merged = {k: func.coalesce(slo.excluded[k], slo_t.c[k]) for k in SLO_FIELDS}
+    # the bucket's point is rewritten only when a figure changes (a fleet reports the same ones
+    # minute after minute: no new row version, no WAL for them)
+    slo = slo.on_conflict_do_update(index_elements=["installation_id", "bucket"], set_=merged,
+                                    where=or_(*(slo_t.c[k].is_distinct_from(merged[k]) for k in SLO_FIELDS)))
     return _Statements(
+        touch_unchanged=update(inst).where(by_instance_id, *unchanged).values(set_fields).returning(*old_cols),
         lock=select(*old_cols).where(by_instance_id).with_for_update(),
         touch=update(inst).where(inst.c.id == bindparam("p_installation_id")).values(set_fields),
         register=register,

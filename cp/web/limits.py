@@ -24,10 +24,10 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 
 from flask import current_app, request
-from sqlalchemy import case, delete, select, text
+from sqlalchemy import Integer, String, bindparam, case, delete, literal, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
-from cp.dbutil import insert, transaction_settings
+from cp.dbutil import insert, transaction_settings_guard, transaction_settings_params
 from cp.errors import RateLimited
 from cp.extensions import db
 from cp.models import RateLimitBucket
@@ -135,48 +135,44 @@ def agent_key(instance_id: str | None) -> str:
 
 
 def count_agent_request(key: str) -> None:
-    """The agent hot path (``cp.agent_api.signed``): count one request for ``key`` in the
-    request's own transaction (no connection and no commit of its own: one statement instead of
-    a checkout, a BEGIN, the upsert and a COMMIT), 429 past the limit. The count is kept when the
-    request's transaction commits; a request that fails or is refused is rolled back, and the
-    gate then counts it again with ``recount_agent_request``, so it still counts."""
+    """The agent hot path (``cp.agent_api.signed``): the first statement of the request's own
+    transaction sets its lock and statement timeouts (``cp.dbutil.transaction_settings_guard``)
+    and counts one request for ``key`` (no connection and no commit of its own: one statement
+    instead of a checkout, a BEGIN, the upsert and a COMMIT), 429 past the limit. The count is
+    kept when the request's transaction commits; a request that fails or is refused is rolled
+    back, and the gate then counts it again with ``recount_agent_request``, so it still counts."""
     conn = db.session.connection()
-    count = AgentCount(conn, key)
-    count.check(conn.execute(count.statement, count.params).scalar_one())
-
-
-class AgentCount:
-    """One agent request's count: the upsert (``statement`` with ``params``; ``RETURNING count``)
-    and ``check(count)``, which refuses past the limit."""
-
-    def __init__(self, conn, key: str):
-        self.now = utcnow()
-        self.window = _window(self.now)
-        self.statement = _count_upsert(conn.dialect.name)
-        self.params = {"key": key[:255], "window_start": self.window, "count": 1}
-
-    def check(self, count: int) -> None:
-        limit = _settings().agent_rate_limit
-        if count > limit:
-            raise _refuse(limit, "agent requests", self.window, self.now)
+    now = utcnow()
+    window = _window(now)
+    count = conn.execute(_count_upsert(conn.dialect.name), _agent_count_params(key, window)).scalar_one()
+    limit = _settings().agent_rate_limit
+    if count > limit:
+        raise _refuse(limit, "agent requests", window, now)
 
 
 def recount_agent_request(key: str) -> None:
     """Count a failed or refused agent request in its own short transaction (never raises)."""
     try:
         with db.engine.begin() as conn:
-            transaction_settings(conn)
-            conn.execute(_count_upsert(conn.dialect.name),
-                         {"key": key[:255], "window_start": _window(utcnow()), "count": 1})
+            conn.execute(_count_upsert(conn.dialect.name), _agent_count_params(key, _window(utcnow())))
     except Exception:  # noqa: BLE001 - the request already failed; do not mask why
         current_app.logger.warning("could not count a failed agent request", exc_info=True)
 
 
+def _agent_count_params(key: str, window: datetime) -> dict:
+    return {"key": key[:255], "window_start": window, **transaction_settings_params()}
+
+
 @lru_cache(maxsize=None)
 def _count_upsert(dialect_name: str):
-    """``_count_statement`` built once per backend (the values come as parameters)."""
+    """The agent count built once per backend (the values come as parameters): ``INSERT ...
+    SELECT :key, :window_start, 1 WHERE <the transaction's timeouts>`` (the guard sets them on
+    PostgreSQL before the row is inserted; the ``WHERE`` also keeps SQLite's ``INSERT ... SELECT
+    ... ON CONFLICT`` unambiguous)."""
     ins = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
-    return _count_on_conflict(ins(buckets)).returning(buckets.c.count)
+    row = select(bindparam("key", type_=String()), bindparam("window_start", type_=buckets.c.window_start.type),
+                 literal(1, Integer())).where(transaction_settings_guard(dialect_name))
+    return _count_on_conflict(ins(buckets).from_select(["key", "window_start", "count"], row)).returning(buckets.c.count)
 
 
 def _count_on_conflict(stmt):
