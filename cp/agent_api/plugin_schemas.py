@@ -6,12 +6,16 @@ from marshmallow import Schema, fields, validate
 
 from cp.web.parsing import DEFAULT_LIMIT, MAX_LIMIT
 from cp.models import PLUGIN_REQUEST_STATUSES
-from cp.delivery.plugins import MAX_REASON
+from cp.delivery.plugins import MAX_REASON, PLUGIN_NAME_HELP, PLUGIN_NAME_RE
 from cp.delivery.releases import MAX_VERSION_LEN
-from cp.web.fields import StrictInteger, UTCDateTime
+from cp.web.fields import FullMatch, StrictInteger, UTCDateTime
 from cp.agent_api.schemas import AgentSchema
-from cp.api.plugin_schemas import plugin_field
 from cp.agent_api.update_schemas import UpdateJobSchema, UpdateNextSchema, UpdateReportSchema
+
+
+def plugin_field(**kw) -> fields.String:
+    """A plugin name: the one pattern, matched whole (agent and JSON API alike)."""
+    return fields.String(validate=FullMatch(PLUGIN_NAME_RE, error=PLUGIN_NAME_HELP), **kw)
 
 
 class PluginRequestCreateSchema(AgentSchema):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from cp.models import PLUGIN_REQUEST_STATUSES, ROLLOUT_STATUSES
-from cp.delivery.plugins import MAX_REASON, PLUGIN_NAME_HELP, PLUGIN_NAME_RE
+from cp.delivery.plugins import MAX_REASON
 from cp.delivery.releases import MAX_VERSION_LEN
-from cp.web.fields import FullMatch, UTCDateTime
+from cp.agent_api.plugin_schemas import AgentPluginRequestSchema, plugin_field
 from cp.api.rollout_schemas import (
     ReleaseCreateSchema,
     ReleaseItemSchema,
@@ -19,10 +19,6 @@ from cp.api.rollout_schemas import (
     version_field,
 )
 from cp.api.schemas import ListArgsSchema
-
-
-def plugin_field(**kw) -> fields.String:
-    return fields.String(validate=FullMatch(PLUGIN_NAME_RE, error=PLUGIN_NAME_HELP), **kw)
 
 
 class PluginReleaseCreateSchema(ReleaseCreateSchema):
@@ -65,22 +61,14 @@ class PluginJobRefSchema(Schema):
     version = fields.String(dump_only=True, attribute="release.version")
 
 
-class PluginRequestSchema(Schema):
-    """A plugin request. ``reason`` is the agent's; ``decision_reason`` the admin's (the
-    rejection reason). ``version`` null: the newest release."""
+class PluginRequestSchema(AgentPluginRequestSchema):
+    """A plugin request: what its agent sees, plus the installation, who decided and the job.
+    ``reason`` is the agent's; ``decision_reason`` the admin's (the rejection reason).
+    ``version`` null: the newest release."""
 
-    id = fields.Integer(dump_only=True)
     instance_id = fields.String(dump_only=True, attribute="installation.instance_id")
-    plugin = fields.String(dump_only=True)
-    version = fields.String(dump_only=True, allow_none=True)
-    reason = fields.String(dump_only=True, allow_none=True)
-    status = fields.String(dump_only=True)
-    decision_reason = fields.String(dump_only=True, allow_none=True)
-    decided_at = UTCDateTime(dump_only=True, allow_none=True)
     decided_by = fields.String(dump_only=True, allow_none=True)
-    job_id = fields.Integer(dump_only=True, allow_none=True)
     job = fields.Nested(PluginJobRefSchema, dump_only=True, allow_none=True)
-    created_at = UTCDateTime(dump_only=True)
 
 
 class PluginRequestArgsSchema(ListArgsSchema):
