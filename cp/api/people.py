@@ -187,30 +187,32 @@ def update_user(user_id: int):
     return jsonify(person_schema.dump(person))
 
 
+def _issue_token_op(summary: str, errors: dict[int, str]) -> dict:
+    """The OpenAPI operation of the two ways to get a new personal token (the secret is in
+    their answer only)."""
+    responses: dict = {201: {"content": {"application/json": {"schema": TokenCreatedSchema}}}}
+    responses.update({status: {"description": text} for status, text in errors.items()})
+    return {"post": {"tags": ["people"], "summary": summary, "responses": responses,
+                     "requestBody": {"required": True,
+                                     "content": {"application/json": {"schema": TokenCreateSchema}}}}}
+
+
+def _issue_token_for(person_id: int):
+    body = load_json(TokenCreateSchema())
+    return _created(*people.issue_token(people.get_person(person_id), body["name"], body["expires_in_days"]))
+
+
 @bp.post("/users/<int:user_id>/tokens")
 @role_required("admin")
 @audited("token.issue", "api_token")
 def issue_user_token(user_id: int):
-    """Issue a personal token for a person.
-    ---
-    post:
-      tags: [people]
-      summary: A new personal token for that person (admin); the secret is in this answer only.
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: TokenCreateSchema
-      responses:
-        201:
-          content:
-            application/json:
-              schema: TokenCreatedSchema
-        409:
-          description: The person is deactivated (`inactive_person`).
-    """
-    body = load_json(TokenCreateSchema())
-    return _created(*people.issue_token(people.get_person(user_id), body["name"], body["expires_in_days"]))
+    """Issue a personal token for a person."""
+    return _issue_token_for(user_id)
+
+
+issue_user_token.cp_openapi = _issue_token_op(
+    "A new personal token for that person (admin); the secret is in this answer only.",
+    {409: "The person is deactivated (`inactive_person`)."})
 
 
 def _own_person():
@@ -224,25 +226,12 @@ def _own_person():
 @role_required("support")
 @audited("token.create", "api_token")
 def create_token():
-    """Create a personal token for yourself.
-    ---
-    post:
-      tags: [people]
-      summary: A new personal token of the caller (a person; a role token gets 403). The secret is in this answer only.
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: TokenCreateSchema
-      responses:
-        201:
-          content:
-            application/json:
-              schema: TokenCreatedSchema
-    """
-    person_id = _own_person()
-    body = load_json(TokenCreateSchema())
-    return _created(*people.issue_token(people.get_person(person_id), body["name"], body["expires_in_days"]))
+    """Create a personal token for yourself."""
+    return _issue_token_for(_own_person())
+
+
+create_token.cp_openapi = _issue_token_op(
+    "A new personal token of the caller (a person; a role token gets 403). The secret is in this answer only.", {})
 
 
 @bp.get("/tokens")
