@@ -18,7 +18,8 @@ FIGURES = tuple(history.SLO_FIGURES)
 
 @pytest.fixture
 def seeded(make_app):
-    """30 days of 5-minute samples ending at NOW, with None values, a spike above the limit,
+    """30 days of 5-minute samples ending at NOW, with None values (the retry rate's for the last
+    5 hours), a spike above the limit,
     a 20-minute gap, a 10-minute gap and a 6-hour gap; returns (app, installation id, raw rows)."""
     app = make_app(SLO_P95_MS_MAX="500", SLO_ERROR_RATE_MAX="0.01")
     rng = random.Random(21)
@@ -31,7 +32,9 @@ def seeded(make_app):
     while at <= last:
         if not any(g <= at < g + length for g, length in gaps):
             rows.append((at, None if rng.random() < 0.02 else rng.uniform(100, 480),
-                         rng.uniform(0, 0.012), None if rng.random() < 0.1 else rng.uniform(0, 0.05)))
+                         rng.uniform(0, 0.012),
+                         # the retry rate unreported for the last 5 hours: its latest value lies bins back
+                         None if rng.random() < 0.1 or at > last - timedelta(hours=5) else rng.uniform(0, 0.05)))
         at += timedelta(minutes=5)
     spike = next(i for i, r in enumerate(rows) if r[0] >= last - timedelta(days=5, hours=1, minutes=7))
     rows[spike] = (rows[spike][0], 9999.0, *rows[spike][2:])

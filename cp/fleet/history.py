@@ -99,9 +99,15 @@ def slo_series(installation_id: int, start: datetime, end: datetime) -> list[Slo
         .where(*in_window)
         .group_by((epoch_seconds(SloSample.bucket) - literal(start_epoch, BigInteger)) // literal(width, BigInteger))
         .order_by(func.min(SloSample.bucket))).all()
+    # a figure's latest value lies in the last bin where its maximum is not None: read only that bin
+    last_bins = {figure: next((row.first for row in reversed(bins) if getattr(row, figure) is not None), None)
+                 for figure in columns}
+    wanted = {figure: first for figure, first in last_bins.items() if first is not None}
     latest = db.session.execute(select(*(
-        select(col).where(*in_window, col.is_not(None)).order_by(SloSample.bucket.desc()).limit(1)
-        .scalar_subquery().label(figure) for figure, col in columns.items()))).one()
+        select(columns[figure]).where(*in_window, columns[figure].is_not(None), SloSample.bucket >= first,
+                                      SloSample.bucket < first + timedelta(seconds=width))
+        .order_by(SloSample.bucket.desc()).limit(1).scalar_subquery().label(figure)
+        for figure, first in wanted.items()))).one()._asdict() if wanted else {}
 
     # a break where the next point is more than a bin and more than GAP after the previous one
     breaks_after = max(timedelta(seconds=width), GAP)
@@ -117,7 +123,7 @@ def slo_series(installation_id: int, start: datetime, end: datetime) -> list[Slo
             prev = (index, row.first)
         out.append(SloSeries(
             figure=figure, label=label, unit=unit, limit=limits.get(figure), points=points,
-            latest=getattr(latest, figure), breaches=sum(getattr(row, f"over_{figure}") for row in bins),
+            latest=latest.get(figure), breaches=sum(getattr(row, f"over_{figure}") for row in bins),
         ))
     return out
 
