@@ -1,7 +1,8 @@
 """An installation's past, for pictures: SLO series against their limits, and a timeline of its
 heartbeat-derived changes, alerts, update jobs and restore verifications.
 
-Reads only (no HTTP); every query is bounded by the window and a row limit and uses the
+Reads only (no HTTP); every query is bounded by the window and a row limit (the SLO series by
+``MAX_POINTS`` bins, merged in SQL on PostgreSQL and SQLite alike) and uses the
 per-installation indexes (``slo_samples (installation_id, bucket)``,
 ``installation_events (installation_id, at)``, ``alerts (installation_id, opened_at)``,
 ``jobs (installation_id, ...)``, ``restore_verifications (installation_id, status)``).
@@ -103,11 +104,11 @@ def slo_series(installation_id: int, start: datetime, end: datetime) -> list[Slo
     last_bins = {figure: next((row.first for row in reversed(bins) if getattr(row, figure) is not None), None)
                  for figure in columns}
     wanted = {figure: first for figure, first in last_bins.items() if first is not None}
-    latest = db.session.execute(select(*(
+    latest = dict(zip(wanted, db.session.execute(select(*(
         select(columns[figure]).where(*in_window, columns[figure].is_not(None), SloSample.bucket >= first,
                                       SloSample.bucket < first + timedelta(seconds=width))
-        .order_by(SloSample.bucket.desc()).limit(1).scalar_subquery().label(figure)
-        for figure, first in wanted.items()))).one()._asdict() if wanted else {}
+        .order_by(SloSample.bucket.desc()).limit(1).scalar_subquery()
+        for figure, first in wanted.items()))).one())) if wanted else {}
 
     # a break where the next point is more than a bin and more than GAP after the previous one
     breaks_after = max(timedelta(seconds=width), GAP)
