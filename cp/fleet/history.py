@@ -100,15 +100,18 @@ def slo_series(installation_id: int, start: datetime, end: datetime) -> list[Slo
         .where(*in_window)
         .group_by((epoch_seconds(SloSample.bucket) - literal(start_epoch, BigInteger)) // literal(width, BigInteger))
         .order_by(func.min(SloSample.bucket))).all()
-    # a figure's latest value lies in the last bin where its maximum is not None: read only that bin
-    last_bins = {figure: next((row.first for row in reversed(bins) if getattr(row, figure) is not None), None)
+    # a figure's latest value lies in the last bin where its maximum is not None: it is that
+    # maximum when a bin is one bucket (one sample), else read from that bin alone
+    last_bins = {figure: next((row for row in reversed(bins) if getattr(row, figure) is not None), None)
                  for figure in columns}
-    wanted = {figure: first for figure, first in last_bins.items() if first is not None}
-    latest = dict(zip(wanted, db.session.execute(select(*(
-        select(columns[figure]).where(*in_window, columns[figure].is_not(None), SloSample.bucket >= first,
-                                      SloSample.bucket < first + timedelta(seconds=width))
-        .order_by(SloSample.bucket.desc()).limit(1).scalar_subquery()
-        for figure, first in wanted.items()))).one())) if wanted else {}
+    latest = {figure: getattr(row, figure) for figure, row in last_bins.items() if row is not None}
+    wanted = {figure: row.first for figure, row in last_bins.items() if row is not None}
+    if width > BUCKET_SECONDS and wanted:
+        latest = dict(zip(wanted, db.session.execute(select(*(
+            select(columns[figure]).where(*in_window, columns[figure].is_not(None), SloSample.bucket >= first,
+                                          SloSample.bucket < first + timedelta(seconds=width))
+            .order_by(SloSample.bucket.desc()).limit(1).scalar_subquery()
+            for figure, first in wanted.items()))).one()))
 
     # a break where the next point is more than a bin and more than GAP after the previous one
     breaks_after = max(timedelta(seconds=width), GAP)
