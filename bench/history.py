@@ -8,7 +8,9 @@ of the last ``--days`` days, and every installation's point every 5 minutes over
 each over the same days. Then, in the service in-process (``app.test_client()``):
 
 1. the installation page (``/installations/<id>?window=...``, its SLO charts and timeline) for
-   each window, and the history reads alone (``cp.fleet.history.installation_pictures``);
+   each window, the history reads alone (``cp.fleet.history.installation_pictures``), and the SLO
+   series alone two ways in the same run: binned in SQL (``cp.fleet.history.slo_series``) against
+   the former read of every point of the window merged in Python (``every_point_series`` below);
 2. retention: the worker's prune a day later (``cp.background.sweeps.prune_all``: the oldest
    day's partition dropped, the next ones created), against a ``DELETE`` of a day's rows (timed
    on another day's partition and rolled back).
@@ -22,11 +24,15 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import psycopg
+from sqlalchemy import select
 
 from bench import fleet as bf
 from bench import serverside
 from bench.run import vacuum
 from bench.scratch import execute, fmt_table, one, parser, scratch_database
+from cp.extensions import db
+from cp.fleet.history import GAP, MAX_POINTS, SLO_FIGURES
+from cp.models import SloSample
 
 TARGET_MS = 50.0
 EVENTS_PER_INSTALLATION = 10
@@ -57,6 +63,35 @@ def events_sql(fleet: int, days: int, now: datetime) -> str:
             (ARRAY['ok', 'ok'])[g % 2 + 1], (ARRAY['degraded', 'running'])[g % 2 + 1],
             timestamptz '{now.isoformat()}' - (g % {days * 1440}) * interval '1 minute'
         FROM generate_series(1, {fleet * EVENTS_PER_INSTALLATION}) AS g"""
+
+
+def every_point_series(installation_id: int, start: datetime, end: datetime) -> list[list]:
+    """The SLO series as they were read before binning in SQL, kept here as the reference: every
+    5-minute point of the window fetched, gaps marked and merged into at most ``MAX_POINTS``
+    points per figure (each bin's maximum) in Python."""
+    rows = db.session.execute(
+        select(SloSample.bucket, *(getattr(SloSample, f) for f in SLO_FIGURES))
+        .where(SloSample.installation_id == installation_id, SloSample.bucket >= start, SloSample.bucket <= end)
+        .order_by(SloSample.bucket)).all()
+    span = (end - start).total_seconds() or 1.0
+    out = []
+    for figure in SLO_FIGURES:
+        points, prev = [], None
+        for r in rows:
+            if prev is not None and r.bucket - prev > GAP:
+                points.append((prev + timedelta(minutes=5), None))
+            points.append((r.bucket, getattr(r, figure)))
+            prev = r.bucket
+        if len(points) > MAX_POINTS:
+            bins: dict = {}
+            for at, v in points:
+                b = min(int((at - start).total_seconds() / span * MAX_POINTS), MAX_POINTS - 1)
+                kept = bins.get(b)
+                if kept is None or (v is not None and (kept[1] is None or v > kept[1])):
+                    bins[b] = (at, v)
+            points = [bins[b] for b in sorted(bins)]
+        out.append(points)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,13 +138,17 @@ def main(argv: list[str] | None = None) -> int:
             client = app.test_client()
             serverside._login(client, env["CONTROL_PLANE_SUPPORT_TOKEN"])
             middle = a.fleet // 2 + 1
-            page, reads = {}, {}
+            page, reads, binned, every = {}, {}, {}, {}
             for window in history.WINDOWS:
                 path = f"/installations/{bf.instance_id(middle)}?window={window}"
                 page[window] = serverside._timed(lambda p=path: serverside._check(client.get(p), 200, p), a.repeat)
                 with app.app_context():
                     reads[window] = serverside._timed(
                         lambda w=window: history.installation_pictures(middle, w, now=now), a.repeat)
+                    start = now - history.WINDOWS[window]
+                    binned[window] = serverside._timed(
+                        lambda s=start: history.slo_series(middle, s, now), a.repeat)
+                    every[window] = serverside._timed(lambda s=start: every_point_series(middle, s, now), a.repeat)
                     db.session.remove()
 
             # retention: the DELETE a day's pruning used to be, on one day's rows (rolled back) ...
@@ -135,11 +174,13 @@ def main(argv: list[str] | None = None) -> int:
                 db.engine.dispose()
 
     table = [(f"installation page, window {w}", page[w]["p50_ms"], page[w]["max_ms"],
-              reads[w]["p50_ms"], reads[w]["max_ms"]) for w in history.WINDOWS]
+              reads[w]["p50_ms"], reads[w]["max_ms"], binned[w]["p50_ms"], every[w]["p50_ms"])
+             for w in history.WINDOWS]
     print(f"\n{a.fleet:,} installations x {a.days} days of 5-minute SLO points: {rows:,} rows in {parts} daily "
           f"partitions ({size}), seeded in {seed_s:.0f} s; {a.fleet * EVENTS_PER_INSTALLATION:,} events. "
           f"Median and worst ms of {a.repeat} runs:\n")
-    print(fmt_table(table, ("read", "page p50", "page max", "history reads p50", "history reads max")))
+    print(fmt_table(table, ("read", "page p50", "page max", "history reads p50", "history reads max",
+                            "SLO series p50 (binned in SQL)", "SLO series p50 (every point, before)")))
     print(f"\nretention of one day ({deleted:,} rows): DELETE {delete_ms:.0f} ms (and as many dead rows to vacuum) "
           f"against the worker's prune (partition dropped, the coming ones created) {prune_ms:.0f} ms")
     slow = [r[0] for r in table if r[1] > TARGET_MS]

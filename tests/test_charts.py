@@ -7,7 +7,6 @@ from datetime import datetime, timedelta, timezone
 from markupsafe import Markup
 
 from cp.web import charts
-from cp.fleet.history import _downsample
 
 T0 = datetime(2026, 11, 27, 0, 0, tzinfo=timezone.utc)
 SVG = "{http://www.w3.org/2000/svg}"
@@ -91,15 +90,6 @@ def test_timeline_places_points_and_spans_in_lanes():
     assert abs((x + w) - (1100 - 10)) < 0.2  # open-ended: runs to the end of the window
     assert len(root.findall(f".//{SVG}circle")) == 2
     assert "ignored" not in "".join(root.itertext())
-
-
-def test_downsample_keeps_peaks():
-    rows = [(T0 + timedelta(minutes=i), float(i % 7)) for i in range(1000)]
-    rows[500] = (rows[500][0], 99.0)
-    out = _downsample(rows, T0, T0 + timedelta(minutes=1000), 100)
-    assert len(out) <= 100
-    assert max(v for _, v in out) == 99.0
-    assert [t for t, _ in out] == sorted(t for t, _ in out)
 
 
 def test_nice_max_and_values():

@@ -1,7 +1,8 @@
 """An installation's past, for pictures: SLO series against their limits, and a timeline of its
 heartbeat-derived changes, alerts, update jobs and restore verifications.
 
-Reads only (no HTTP); every query is bounded by the window and a row limit and uses the
+Reads only (no HTTP); every query is bounded by the window and a row limit (the SLO series by
+``MAX_POINTS`` bins, merged in SQL on PostgreSQL and SQLite alike) and uses the
 per-installation indexes (``slo_samples (installation_id, bucket)``,
 ``installation_events (installation_id, at)``, ``alerts (installation_id, opened_at)``,
 ``jobs (installation_id, ...)``, ``restore_verifications (installation_id, status)``).
@@ -12,7 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import and_, or_, select
+from sqlalchemy import BigInteger, Integer, and_, case, cast, extract, func, literal, or_, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from cp.web.charts import TimelineEvent
 from cp.extensions import db
@@ -22,7 +25,9 @@ from cp.timeutil import utcnow
 WINDOWS = {"6h": timedelta(hours=6), "24h": timedelta(hours=24), "7d": timedelta(days=7),
            "30d": timedelta(days=30)}
 DEFAULT_WINDOW = "7d"
-MAX_POINTS = 360          # per SLO chart: samples are merged into at most this many points
+MAX_POINTS = 360          # per SLO chart: samples are binned in SQL into at most this many points
+BUCKET_SECONDS = 300      # one SLO sample per installation per 5 minutes
+GAP = timedelta(minutes=15)  # no sample for longer (more than two buckets) breaks the line
 MAX_EVENTS_PER_LANE = 500
 TIMELINE_LANES = ("heartbeat", "alerts", "updates", "restores")
 
@@ -50,45 +55,79 @@ class SloSeries:
     breaches: int  # points above the limit in the window
 
 
-def _downsample(rows: list[tuple[datetime, float | None]], start: datetime, end: datetime,
-                max_points: int) -> list[tuple[datetime, float | None]]:
-    """At most ``max_points`` points, keeping each bin's maximum (a breach never disappears)."""
-    if len(rows) <= max_points:
-        return rows
-    span = (end - start).total_seconds() or 1.0
-    bins: dict[int, tuple[datetime, float | None]] = {}
-    for at, v in rows:
-        b = min(int((at - start).total_seconds() / span * max_points), max_points - 1)
-        prev = bins.get(b)
-        if prev is None or (v is not None and (prev[1] is None or v > prev[1])):
-            bins[b] = (at, v)
-    return [bins[b] for b in sorted(bins)]
+class epoch_seconds(FunctionElement):
+    """Whole seconds since 1970 of a UTC timestamp column, as an integer, on every backend."""
+
+    type = BigInteger()
+    name = "epoch_seconds"
+    inherit_cache = True
+
+
+@compiles(epoch_seconds)
+def _epoch_seconds_postgresql(element: epoch_seconds, compiler, **kw) -> str:
+    return compiler.process(cast(extract("epoch", *element.clauses), BigInteger), **kw)
+
+
+@compiles(epoch_seconds, "sqlite")
+def _epoch_seconds_sqlite(element: epoch_seconds, compiler, **kw) -> str:
+    return compiler.process(cast(func.strftime("%s", *element.clauses), BigInteger), **kw)
+
+
+def bin_seconds(start: datetime, end: datetime, max_points: int = MAX_POINTS) -> int:
+    """The width of a chart point: one 5-minute bucket while the window holds at most
+    ``max_points`` of them, else the fewest whole buckets that fit the window in ``max_points``."""
+    span = int((end - start).total_seconds())
+    return BUCKET_SECONDS * (span // (BUCKET_SECONDS * max_points) + 1)
 
 
 def slo_series(installation_id: int, start: datetime, end: datetime) -> list[SloSeries]:
+    """Each figure's points over [start, end], binned in SQL: a point per bin of
+    ``bin_seconds`` (its first time, each figure's maximum, so a breach never disappears), a
+    ``None`` break where no sample came for more than ``GAP`` (or for a whole bin), the breaches
+    (points above the limit) and the latest value of the window."""
     limits = current_app.config["CP_SETTINGS"].slo_limits()
-    rows = db.session.execute(
-        select(SloSample.bucket, SloSample.slo_p95_ms, SloSample.slo_error_rate, SloSample.slo_webhook_retry_rate)
-        .where(SloSample.installation_id == installation_id, SloSample.bucket >= start, SloSample.bucket <= end)
-        .order_by(SloSample.bucket)).all()
+    width = bin_seconds(start, end)
+    start_epoch = int(start.timestamp())
+    in_window = (SloSample.installation_id == installation_id, SloSample.bucket >= start, SloSample.bucket <= end)
+    columns = {figure: getattr(SloSample, figure) for figure in SLO_FIGURES}
+    over = {figure: (func.coalesce(func.sum(case((col > limits[figure], 1), else_=0)), 0)
+                     if limits.get(figure) is not None else literal(0, Integer))
+            for figure, col in columns.items()}
+    bins = db.session.execute(
+        select(func.min(SloSample.bucket).label("first"),
+               *(func.max(col).label(figure) for figure, col in columns.items()),
+               *(n.label(f"over_{figure}") for figure, n in over.items()))
+        .where(*in_window)
+        .group_by((epoch_seconds(SloSample.bucket) - literal(start_epoch, BigInteger)) // literal(width, BigInteger))
+        .order_by(func.min(SloSample.bucket))).all()
+    # a figure's latest value lies in the last bin where its maximum is not None: it is that
+    # maximum when a bin is one bucket (one sample), else read from that bin alone
+    last_bins = {figure: next((row for row in reversed(bins) if getattr(row, figure) is not None), None)
+                 for figure in columns}
+    latest = {figure: getattr(row, figure) for figure, row in last_bins.items() if row is not None}
+    wanted = {figure: row.first for figure, row in last_bins.items() if row is not None}
+    if width > BUCKET_SECONDS and wanted:
+        latest = dict(zip(wanted, db.session.execute(select(*(
+            select(columns[figure]).where(*in_window, columns[figure].is_not(None), SloSample.bucket >= first,
+                                          SloSample.bucket < first + timedelta(seconds=width))
+            .order_by(SloSample.bucket.desc()).limit(1).scalar_subquery()
+            for figure, first in wanted.items()))).one()))
+
+    # a break where the next point is more than a bin and more than GAP after the previous one
+    breaks_after = max(timedelta(seconds=width), GAP)
     out = []
     for figure, (label, unit) in SLO_FIGURES.items():
-        raw = [(r.bucket, getattr(r, figure)) for r in rows]
-        # a gap of more than two buckets breaks the line (no heartbeat, no data)
         points: list[tuple[datetime, float | None]] = []
-        prev: datetime | None = None
-        for at, v in raw:
-            if prev is not None and at - prev > timedelta(minutes=15):
-                points.append((prev + timedelta(minutes=5), None))
-            points.append((at, v))
-            prev = at
-        limit = limits.get(figure)
-        values = [v for _, v in raw if v is not None]
+        prev: tuple[int, datetime] | None = None
+        for row in bins:
+            index = (int(row.first.timestamp()) - start_epoch) // width
+            if prev is not None and timedelta(seconds=(index - prev[0]) * width) > breaks_after:
+                points.append((prev[1] + timedelta(seconds=width), None))
+            points.append((row.first, getattr(row, figure)))
+            prev = (index, row.first)
         out.append(SloSeries(
-            figure=figure, label=label, unit=unit, limit=limit,
-            points=_downsample(points, start, end, MAX_POINTS),
-            latest=values[-1] if values else None,
-            breaches=sum(1 for v in values if limit is not None and v > limit),
+            figure=figure, label=label, unit=unit, limit=limits.get(figure), points=points,
+            latest=latest.get(figure), breaches=sum(getattr(row, f"over_{figure}") for row in bins),
         ))
     return out
 
