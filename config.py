@@ -319,6 +319,11 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+# single sign-on needs all three of these, or none (variable -> setting attribute)
+OIDC_REQUIRED = {"CONTROL_PLANE_OIDC_ISSUER": "oidc_issuer", "CONTROL_PLANE_OIDC_CLIENT_ID": "oidc_client_id",
+                 "CONTROL_PLANE_OIDC_CLIENT_SECRET": "oidc_client_secret"}
+
+
 @dataclass(frozen=True)
 class Settings:
     """The parsed settings; ``raw`` keeps nothing secret."""
@@ -338,7 +343,7 @@ class Settings:
 
     def oidc_enabled(self) -> bool:
         """Single sign-on is on when issuer, client id and client secret are all set."""
-        return bool(self.oidc_issuer and self.oidc_client_id and self.oidc_client_secret)
+        return all(self.values[attr] for attr in OIDC_REQUIRED.values())
 
     def slo_limits(self) -> dict[str, float]:
         """SLO figure name -> limit, only for the SLOs that are checked."""
@@ -360,8 +365,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             values[s.attr] = s.parse(raw)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{s.env} is malformed: {exc}") from None
-    oidc = ("CONTROL_PLANE_OIDC_ISSUER", "CONTROL_PLANE_OIDC_CLIENT_ID", "CONTROL_PLANE_OIDC_CLIENT_SECRET")
-    missing = [name for name in oidc if not env.get(name, "").strip()]
-    if 0 < len(missing) < len(oidc):
-        raise ConfigError(f"single sign-on needs all of {', '.join(oidc)}; missing: {', '.join(missing)}")
+    missing = [name for name, attr in OIDC_REQUIRED.items() if not values[attr]]
+    if 0 < len(missing) < len(OIDC_REQUIRED):
+        raise ConfigError(f"single sign-on needs all of {', '.join(OIDC_REQUIRED)}; missing: {', '.join(missing)}")
     return Settings(values)

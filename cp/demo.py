@@ -115,8 +115,8 @@ class DemoClient:
         resp = self._send("POST", req.path, data=req.body, headers=req.headers)
         return self._check(resp, f"{path} of {payload['instance_id']}")
 
-    def person(self, role: str, path: str, body: dict | None = None) -> dict:
-        resp = self._send("POST", path, json=body or {}, headers=self._bearer(role))
+    def person(self, role: str, path: str, body: dict | None = None, method: str = "POST") -> dict:
+        resp = self._send(method, path, json=body or {}, headers=self._bearer(role))
         return self._check(resp, f"{path} ({role})")
 
     def read(self, path: str) -> dict:
@@ -221,8 +221,7 @@ def seed_people(demo: DemoClient) -> str:
     ana = demo.person("admin", "/api/users", {"email": "ana@vendor.example", "name": "Ana Ops", "role": "ops"})
     demo.person("admin", "/api/users", {"email": "sam@vendor.example", "name": "Sam Support", "role": "support"})
     left = demo.person("admin", "/api/users", {"email": "lee@vendor.example", "name": "Lee Left", "role": "support"})
-    resp = demo._send("PATCH", f"/api/users/{left['id']}", json={"active": False}, headers=demo._bearer("admin"))
-    demo._check(resp, "deactivating a demo person")
+    demo.person("admin", f"/api/users/{left['id']}", {"active": False}, method="PATCH")
     return demo.person("admin", f"/api/users/{ana['id']}/tokens", {"name": "demo triage"})["token"]
 
 
