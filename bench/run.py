@@ -299,6 +299,32 @@ def counts(dsn: str) -> dict:
                 "jobs": one("SELECT count(*) FROM jobs")}
 
 
+def cpu_ms_per_heartbeat(run: dict) -> dict:
+    """CPU milliseconds per answered heartbeat of one peak run: the web server's process tree,
+    the PostgreSQL backends of the bench database, the load generator."""
+    return {part: round(run[f"{key}_cores"] / run["rate"] * 1000, 3)
+            for part, key in (("web", "server"), ("postgres", "postgres"), ("generator", "generator"))}
+
+
+def cpu_budget(service_run: dict, floor_run: dict) -> dict:
+    """Where a heartbeat's CPU goes, for the service and the floor at their best peaks, and what
+    that allows on a machine whose cores the web server, PostgreSQL and the generator share.
+
+    At the peak such a machine is CPU-bound, so a server's peak is (busy cores) / (CPU per
+    heartbeat). ``ratio_ceiling`` is the ratio the service would reach if its web process cost
+    nothing at all: the floor's whole CPU per heartbeat over the service's PostgreSQL and
+    generator CPU per heartbeat. ``web_ms_allowed_at_aim`` is the web CPU per heartbeat the
+    service could spend and still reach the aimed ratio; compare it with the floor's own web CPU
+    (``floor.web``): when it is lower, the aim asks the service's web side to cost less than the
+    floor's, which does strictly less."""
+    service, floor = cpu_ms_per_heartbeat(service_run), cpu_ms_per_heartbeat(floor_run)
+    floor_total = sum(floor.values())
+    service_rest = service["postgres"] + service["generator"]
+    return {"service": service, "floor": floor,
+            "ratio_ceiling": round(floor_total / service_rest, 3) if service_rest else None,
+            "web_ms_allowed_at_aim": round(floor_total / TARGETS["ratio_aim"] - service_rest, 3)}
+
+
 # --- report -------------------------------------------------------------------------------------
 def fmt(v, nd=1) -> str:
     return "-" if v is None else (f"{v:,.{nd}f}" if isinstance(v, float) else f"{v:,}")
@@ -336,6 +362,12 @@ def print_report(res: dict) -> None:
     p("every round's p99 at half the floor's peak: service "
       + ", ".join(f"{v} ms at {o:,.0f}/s" for v, o in zip(hb["service_p99_ms_rounds"], hb["offered_rates"]))
       + "; floor " + ", ".join(f"{v} ms" for v in hb["floor_p99_ms_rounds"]))
+    b = hb["cpu_budget"]
+    p(f"CPU per heartbeat at the peaks (ms: web, postgres, generator): service {b['service']['web']}, "
+      f"{b['service']['postgres']}, {b['service']['generator']}; floor {b['floor']['web']}, {b['floor']['postgres']}, "
+      f"{b['floor']['generator']}. With a web side that cost nothing the service's ratio would be at most "
+      f"{b['ratio_ceiling']}; the aim of {TARGETS['ratio_aim']} leaves it {b['web_ms_allowed_at_aim']} ms of web CPU "
+      f"per heartbeat (the floor's web side uses {b['floor']['web']} ms)")
     if hb.get("service_side"):
         s = hb["service_side"]
         p(f"server-side duration_ms of those heartbeats (cp.web.logs): p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms")
@@ -488,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
 
         runs = []
         peaks: dict[str, list[float]] = {s.name: [] for s in servers}
+        peak_runs: dict[str, list[dict]] = {s.name: [] for s in servers}
         rounds: list[dict] = []  # per round: the offered rate and the paced runs of the service and the floor
         for rnd in range(1, a.rounds + 1):
             for s in servers:
@@ -495,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
                 if r["errors"]:
                     raise RuntimeError(f"{s.name}: wrk saw errors: {r}")
                 peaks[s.name].append(r["rate"])
+                peak_runs[s.name].append(r)
                 runs.append({"name": f"{s.name} peak #{rnd} (wrk)", "rate": r["rate"], "p50_ms": r["p50_us"] / 1000,
                              "p99_ms": r["p99_us"] / 1000, "errors": r["errors"], "server_cores": r["server_cores"],
                              "postgres_cores": r["postgres_cores"], "generator_cores": r["generator_cores"],
@@ -555,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
             "service_p99_ms_rounds": [r["service"]["p99_ms"] for r in rounds],
             "floor_p99_ms_rounds": [r["floor"]["p99_ms"] for r in rounds],
         }
+        res["heartbeats"]["cpu_budget"] = cpu_budget(
+            max(peak_runs[service.name], key=lambda r: r["rate"]), max(peak_runs[floor.name], key=lambda r: r["rate"]))
         reads = target_reads(res["server_side"], res.get("server_side_after_load", {}),
                              res.get("server_side_after_vacuum"))
         met = {
@@ -590,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         "floor_p99_ms_rounds": hb["floor_p99_ms_rounds"],
         "service_p50_ms": hb["service_p50_ms"], "service_p99_at_half_floor_ms": hb["service_p99_at_half_floor_ms"],
         "floor_p50_ms": hb["floor_p50_ms"], "floor_p99_at_half_floor_ms": hb["floor_p99_at_half_floor_ms"],
-        "service_side_heartbeat_ms": hb["service_side"],
+        "service_side_heartbeat_ms": hb["service_side"], "cpu_budget": hb["cpu_budget"],
         "server_side_ms": {k: v["p50_ms"] for k, v in res["server_side"].items() if "p50_ms" in v},
         "server_side_after_load_ms": {k: v["p50_ms"] for k, v in res.get("server_side_after_load", {}).items()},
         "autovacuum": res["autovacuum"],

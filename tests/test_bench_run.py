@@ -7,7 +7,7 @@ import sys
 import pytest
 from sqlalchemy.engine import make_url
 
-from bench.run import median_round, target_reads
+from bench.run import cpu_budget, cpu_ms_per_heartbeat, median_round, target_reads
 from tests.conftest import behind_pgbouncer
 
 
@@ -75,3 +75,20 @@ def test_without_autovacuum_the_reads_after_the_vacuum_count_instead_of_those_be
     got = target_reads(reads(fleet_page=20.0, installation_page=40.0), reads(fleet_page=58.0, installation_page=55.0),
                        reads(fleet_page=30.0, installation_page=35.0))
     assert got == reads(fleet_page=30.0, installation_page=40.0)
+
+
+def _peak(rate, web, pg, gen):
+    return {"rate": rate, "server_cores": web, "postgres_cores": pg, "generator_cores": gen}
+
+
+def test_cpu_per_heartbeat_is_each_part_s_cores_over_the_rate():
+    assert cpu_ms_per_heartbeat(_peak(2000, 1.0, 0.4, 0.2)) == {"web": 0.5, "postgres": 0.2, "generator": 0.1}
+
+
+def test_the_ratio_ceiling_is_the_floor_s_whole_cpu_over_the_service_s_database_and_generator_cpu():
+    # floor: 0.8 ms per heartbeat in all; service: 2.6 ms web, 0.9 ms PostgreSQL, 0.1 ms generator
+    budget = cpu_budget(service_run=_peak(500, 1.3, 0.45, 0.05), floor_run=_peak(2000, 1.0, 0.4, 0.2))
+    assert budget["ratio_ceiling"] == 0.8  # 0.8 / (0.9 + 0.1)
+    # to reach the aim (0.8) the service's web side may spend 0.8 / 0.8 - 1.0 = 0 ms
+    assert budget["web_ms_allowed_at_aim"] == 0.0
+    assert budget["service"]["web"] == 2.6
