@@ -316,13 +316,17 @@ def cpu_budget(service_run: dict, floor_run: dict) -> dict:
     generator CPU per heartbeat. ``web_ms_allowed_at_aim`` is the web CPU per heartbeat the
     service could spend and still reach the aimed ratio; compare it with the floor's own web CPU
     (``floor.web``): when it is lower, the aim asks the service's web side to cost less than the
-    floor's, which does strictly less."""
+    floor's, which does strictly less. ``web_ms_to_keep_up_at_half_floor``: the most web CPU per
+    heartbeat with which the service's peak still reaches half the floor's, the offered load of
+    the latency target; a service above it falls behind at that load, whatever its p99 would be
+    (a necessary bound, not a sufficient one: at 100% of the peak a queue grows)."""
     service, floor = cpu_ms_per_heartbeat(service_run), cpu_ms_per_heartbeat(floor_run)
     floor_total = sum(floor.values())
     service_rest = service["postgres"] + service["generator"]
     return {"service": service, "floor": floor,
             "ratio_ceiling": round(floor_total / service_rest, 3) if service_rest else None,
-            "web_ms_allowed_at_aim": round(floor_total / TARGETS["ratio_aim"] - service_rest, 3)}
+            "web_ms_allowed_at_aim": round(floor_total / TARGETS["ratio_aim"] - service_rest, 3),
+            "web_ms_to_keep_up_at_half_floor": round(2 * floor_total - service_rest, 3)}
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -367,7 +371,8 @@ def print_report(res: dict) -> None:
       f"{b['service']['postgres']}, {b['service']['generator']}; floor {b['floor']['web']}, {b['floor']['postgres']}, "
       f"{b['floor']['generator']}. With a web side that cost nothing the service's ratio would be at most "
       f"{b['ratio_ceiling']}; the aim of {TARGETS['ratio_aim']} leaves it {b['web_ms_allowed_at_aim']} ms of web CPU "
-      f"per heartbeat (the floor's web side uses {b['floor']['web']} ms)")
+      f"per heartbeat (the floor's web side uses {b['floor']['web']} ms); to keep up with half the floor's peak "
+      f"at all it may use at most {b['web_ms_to_keep_up_at_half_floor']} ms")
     if hb.get("service_side"):
         s = hb["service_side"]
         p(f"server-side duration_ms of those heartbeats (cp.web.logs): p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms")

@@ -92,3 +92,5 @@ def test_the_ratio_ceiling_is_the_floor_s_whole_cpu_over_the_service_s_database_
     # to reach the aim (0.8) the service's web side may spend 0.8 / 0.8 - 1.0 = 0 ms
     assert budget["web_ms_allowed_at_aim"] == 0.0
     assert budget["service"]["web"] == 2.6
+    # to keep up with half the floor's peak: 2 x 0.8 - 1.0 = 0.6 ms of web CPU at most
+    assert budget["web_ms_to_keep_up_at_half_floor"] == 0.6
