@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-from apispec.yaml_utils import load_operations_from_docstring
 from flask import Blueprint
 from openapi_spec_validator import validate
 
@@ -168,11 +167,11 @@ def test_auth_in_the_spec_is_what_the_server_enforces(app, spec):
 
 
 def test_every_operation_is_documented_in_its_docstring(app):
-    """Each /api view carries an apispec YAML block for each of its methods (or, registered from
-    a table, the same as data in ``cp_openapi``), with a success response naming its schema (the
-    spec is generated from these, not written by hand)."""
+    """Each /api view documents each of its methods, in the apispec YAML block of its docstring
+    or as data in ``cp_openapi`` (registered from a table, or by the agent gate), with a success
+    response naming its schema (the spec is generated from these, not written by hand)."""
     for method, _, rule, view in api_rules(app):
-        ops = getattr(view, "cp_openapi", None) or load_operations_from_docstring(view.__doc__ or "")
+        ops = spec_module.documented_operations(view)
         op = ops.get(method.lower())
         assert op, f"{method} {rule.rule}: no YAML block in the docstring of {view.__name__}"
         assert op.get("summary") or (view.__doc__ or "").strip().split("\n")[0], rule.rule

@@ -17,6 +17,7 @@ from cp.auth import current_actor, role_required
 from cp.errors import Forbidden
 from cp.models import ROLES
 from cp.web.fields import StrictBoolean, StrictInteger, UTCDateTime
+from cp.web.openapi import operation
 from cp.web.parsing import load_args, load_json
 
 ROLE_FIELD_ERROR = f"Must be one of: {', '.join(ROLES)}."
@@ -190,11 +191,8 @@ def update_user(user_id: int):
 def _issue_token_op(summary: str, errors: dict[int, str]) -> dict:
     """The OpenAPI operation of the two ways to get a new personal token (the secret is in
     their answer only)."""
-    responses: dict = {201: {"content": {"application/json": {"schema": TokenCreatedSchema}}}}
-    responses.update({status: {"description": text} for status, text in errors.items()})
-    return {"post": {"tags": ["people"], "summary": summary, "responses": responses,
-                     "requestBody": {"required": True,
-                                     "content": {"application/json": {"schema": TokenCreateSchema}}}}}
+    return {"post": operation(tags=["people"], summary=summary, answer=TokenCreatedSchema, status=201,
+                              errors=errors, body=TokenCreateSchema)}
 
 
 def _issue_token_for(person_id: int):
