@@ -11,6 +11,7 @@ from flask import Blueprint
 from openapi_spec_validator import validate
 
 from cp.agent_api.signed import agent_endpoint
+from cp.agent_api.update_schemas import UpdateNextResponseSchema, UpdateNextSchema
 from cp.api import spec as spec_module
 from cp.api.rollout_transitions import KINDS, TRANSITIONS
 from cp.api.spec import auth_of, build_spec, openapi_path
@@ -274,8 +275,8 @@ def test_new_routes_are_picked_up_by_themselves(make_app):
         """
 
     @extra.post("/agent-things")
-    @agent_endpoint
-    def agent_thing(data):
+    @agent_endpoint(UpdateNextSchema, UpdateNextResponseSchema)
+    def agent_thing(body):
         """An agent thing."""
 
     app.register_blueprint(extra)
@@ -288,6 +289,11 @@ def test_new_routes_are_picked_up_by_themselves(make_app):
     agent_op = spec["paths"]["/api/agent-things"]["post"]
     assert agent_op["security"] == [{"agentSignature": []}]
     assert agent_op["summary"] == "An agent thing."
+    # the body and answer schemas the gate loads and declares, with no YAML block in the docstring
+    assert agent_op["requestBody"] == {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/UpdateNext"}}}}
+    assert agent_op["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/UpdateNextResponse"}
 
 
 # --- the reference page ---------------------------------------------------------------------

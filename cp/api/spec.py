@@ -33,7 +33,6 @@ from apispec.yaml_utils import load_operations_from_docstring
 from flask import current_app, jsonify, render_template
 from marshmallow import Schema, fields
 
-from config import INSTANCE_ID_RE
 from cp import signing
 from cp.web.parsing import MAX_JSON_DEPTH
 from cp.agent_api.signed import TIMESTAMP_RE
@@ -168,10 +167,6 @@ def _complete(op: dict, view, method: str, endpoint: str, path_params: list[dict
             })
         # the agent gate always reads a JSON object body (cp.agent_api.signed)
         statuses |= {400, 401, 413, 415, 422, 429}
-        if not has_body:
-            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["instance_id"],
-                "properties": {"instance_id": {"type": "string", "pattern": INSTANCE_ID_RE.pattern}}}}}}
     elif auth.startswith("role:"):
         role = auth.split(":", 1)[1]
         op["security"] = [{"bearerAuth": []}, {"sessionCookie": []}]
