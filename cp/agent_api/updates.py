@@ -18,19 +18,21 @@ from cp.agent_api.update_schemas import (
 job_schema = UpdateJobSchema()
 
 
-def hand_out_job(job_kind: str, job_schema: Schema, body: dict):
-    """The job of ``job_kind`` the installation should run now (``{"job": null}`` for none)."""
+def hand_out_job(job_kind: str, schema: Schema, body: dict):
+    """The job of ``job_kind`` the installation should run now (``{"job": null}`` for none),
+    dumped with ``schema``."""
     job = rollouts.next_job(job_kind, body["instance_id"])
-    out = {"job": job_schema.dump(job) if job is not None else None}
+    out = {"job": schema.dump(job) if job is not None else None}
     db.session.commit()
     return jsonify(out)
 
 
-def take_report(job_kind: str, job_schema: Schema, body: dict):
-    """Record the agent's report on its job; the answer is the job's fields, and the same object
-    under ``job`` (the shape ``next`` answers with), so clients read both answers alike."""
+def take_report(job_kind: str, schema: Schema, body: dict):
+    """Record the agent's report on its job; the answer is the job's fields (dumped with
+    ``schema``), and the same object under ``job`` (the shape ``next`` answers with), so clients
+    read both answers alike."""
     job = rollouts.report_job(job_kind, body["instance_id"], body["job_id"], body["status"], body.get("message"))
-    out = job_schema.dump(job)
+    out = schema.dump(job)
     db.session.commit()
     return jsonify({**out, "job": out})
 
