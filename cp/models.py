@@ -76,6 +76,11 @@ def _now() -> datetime:
     return utcnow()
 
 
+def partial_index(name: str, *columns: str, where: str, **kw: Any) -> Index:
+    """An index over the rows that match ``where`` only, the same on PostgreSQL and SQLite."""
+    return Index(name, *columns, postgresql_where=text(where), sqlite_where=text(where), **kw)
+
+
 class Installation(db.Model):
     __tablename__ = "installations"
 
@@ -164,20 +169,12 @@ class Alert(db.Model):
     installation: Mapped[Installation] = relationship(back_populates="alerts")
 
     __table_args__ = (
-        Index(
-            "uq_alerts_open_fingerprint", "installation_id", "fingerprint", unique=True,
-            postgresql_where=text("resolved_at IS NULL"), sqlite_where=text("resolved_at IS NULL"),
-        ),
+        partial_index("uq_alerts_open_fingerprint", "installation_id", "fingerprint", unique=True,
+                      where="resolved_at IS NULL"),
         Index("ix_alerts_opened", "opened_at", "id"),
         Index("ix_alerts_installation_opened", "installation_id", "opened_at"),
-        Index(
-            "ix_alerts_open_opened", "opened_at",
-            postgresql_where=text("resolved_at IS NULL"), sqlite_where=text("resolved_at IS NULL"),
-        ),
-        Index(
-            "ix_alerts_open_installation", "installation_id",
-            postgresql_where=text("resolved_at IS NULL"), sqlite_where=text("resolved_at IS NULL"),
-        ),
+        partial_index("ix_alerts_open_opened", "opened_at", where="resolved_at IS NULL"),
+        partial_index("ix_alerts_open_installation", "installation_id", where="resolved_at IS NULL"),
     )
 
     @property
@@ -206,10 +203,8 @@ class JobFailure(db.Model):
     installation: Mapped[Installation] = relationship(back_populates="job_failures")
 
     __table_args__ = (
-        Index(
-            "uq_job_failures_open_fingerprint", "installation_id", "fingerprint", unique=True,
-            postgresql_where=text("resolved_at IS NULL"), sqlite_where=text("resolved_at IS NULL"),
-        ),
+        partial_index("uq_job_failures_open_fingerprint", "installation_id", "fingerprint", unique=True,
+                      where="resolved_at IS NULL"),
         Index("ix_job_failures_last_seen", "last_seen_at", "id"),
         Index("ix_job_failures_installation_last_seen", "installation_id", "last_seen_at"),
     )
@@ -276,10 +271,8 @@ class Release(db.Model):
     created_by: Mapped[Optional[str]] = mapped_column(String(ACTOR_LENGTH))
 
     __table_args__ = (
-        Index("uq_releases_core_version", "version", unique=True,
-              postgresql_where=text("plugin IS NULL"), sqlite_where=text("plugin IS NULL")),
-        Index("uq_releases_plugin_version", "plugin", "version", unique=True,
-              postgresql_where=text("plugin IS NOT NULL"), sqlite_where=text("plugin IS NOT NULL")),
+        partial_index("uq_releases_core_version", "version", unique=True, where="plugin IS NULL"),
+        partial_index("uq_releases_plugin_version", "plugin", "version", unique=True, where="plugin IS NOT NULL"),
         Index("ix_releases_created", "created_at", "id"),
     )
 
@@ -325,12 +318,10 @@ class Rollout(db.Model):
         Index("ix_rollouts_created", "created_at", "id"),
         Index("ix_rollouts_status", "status"),
         # at most one open (active or paused) rollout per channel, and per plugin
-        Index("uq_rollouts_open_core_channel", "channel", unique=True,
-              postgresql_where=text("kind = 'core' AND status IN ('active', 'paused')"),
-              sqlite_where=text("kind = 'core' AND status IN ('active', 'paused')")),
-        Index("uq_rollouts_open_plugin", "plugin", unique=True,
-              postgresql_where=text("kind = 'plugin' AND status IN ('active', 'paused')"),
-              sqlite_where=text("kind = 'plugin' AND status IN ('active', 'paused')")),
+        partial_index("uq_rollouts_open_core_channel", "channel", unique=True,
+                      where="kind = 'core' AND status IN ('active', 'paused')"),
+        partial_index("uq_rollouts_open_plugin", "plugin", unique=True,
+                      where="kind = 'plugin' AND status IN ('active', 'paused')"),
     )
 
 
@@ -410,8 +401,8 @@ class PluginRequest(db.Model):
         Index("ix_plugin_requests_created", "created_at", "id"),
         Index("ix_plugin_requests_installation_plugin", "installation_id", "plugin", "status"),
         # at most one open (pending) request per installation and plugin (migration 0004)
-        Index("uq_plugin_requests_pending", "installation_id", "plugin", unique=True,
-              postgresql_where=text("status = 'pending'"), sqlite_where=text("status = 'pending'")),
+        partial_index("uq_plugin_requests_pending", "installation_id", "plugin", unique=True,
+                      where="status = 'pending'"),
         Index("ix_plugin_requests_status_created", "status", "created_at"),
     )
 
@@ -451,8 +442,7 @@ class OutboxEvent(db.Model):
     delivered_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
 
     __table_args__ = (
-        Index("ix_outbox_pending", "next_attempt_at", "id",
-              postgresql_where=text("status = 'pending'"), sqlite_where=text("status = 'pending'")),
+        partial_index("ix_outbox_pending", "next_attempt_at", "id", where="status = 'pending'"),
         Index("ix_outbox_alert", "alert_id", "id"),
         # the delivery log's status filter, the metrics' counts and the pruning of old deliveries
         Index("ix_outbox_status_created", "status", "created_at"),

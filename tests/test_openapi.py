@@ -7,11 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
-from apispec.yaml_utils import load_operations_from_docstring
 from flask import Blueprint
 from openapi_spec_validator import validate
 
 from cp.agent_api.signed import agent_endpoint
+from cp.agent_api.update_schemas import UpdateNextResponseSchema, UpdateNextSchema
 from cp.api import spec as spec_module
 from cp.api.rollout_transitions import KINDS, TRANSITIONS
 from cp.api.spec import auth_of, build_spec, openapi_path
@@ -168,11 +168,11 @@ def test_auth_in_the_spec_is_what_the_server_enforces(app, spec):
 
 
 def test_every_operation_is_documented_in_its_docstring(app):
-    """Each /api view carries an apispec YAML block for each of its methods (or, registered from
-    a table, the same as data in ``cp_openapi``), with a success response naming its schema (the
-    spec is generated from these, not written by hand)."""
+    """Each /api view documents each of its methods, in the apispec YAML block of its docstring
+    or as data in ``cp_openapi`` (registered from a table, or by the agent gate), with a success
+    response naming its schema (the spec is generated from these, not written by hand)."""
     for method, _, rule, view in api_rules(app):
-        ops = getattr(view, "cp_openapi", None) or load_operations_from_docstring(view.__doc__ or "")
+        ops = spec_module.documented_operations(view)
         op = ops.get(method.lower())
         assert op, f"{method} {rule.rule}: no YAML block in the docstring of {view.__name__}"
         assert op.get("summary") or (view.__doc__ or "").strip().split("\n")[0], rule.rule
@@ -275,8 +275,8 @@ def test_new_routes_are_picked_up_by_themselves(make_app):
         """
 
     @extra.post("/agent-things")
-    @agent_endpoint
-    def agent_thing(data):
+    @agent_endpoint(UpdateNextSchema, UpdateNextResponseSchema)
+    def agent_thing(body):
         """An agent thing."""
 
     app.register_blueprint(extra)
@@ -289,6 +289,11 @@ def test_new_routes_are_picked_up_by_themselves(make_app):
     agent_op = spec["paths"]["/api/agent-things"]["post"]
     assert agent_op["security"] == [{"agentSignature": []}]
     assert agent_op["summary"] == "An agent thing."
+    # the body and answer schemas the gate loads and declares, with no YAML block in the docstring
+    assert agent_op["requestBody"] == {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/UpdateNext"}}}}
+    assert agent_op["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/UpdateNextResponse"}
 
 
 # --- the reference page ---------------------------------------------------------------------

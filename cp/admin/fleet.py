@@ -48,6 +48,7 @@ from cp.admin.filters import (
 )
 
 LIST_COUNT_CAP = 10_000
+SEARCH_HINT = "instance id, client or domain"  # what ``fleet.installation_ids_matching`` matches
 
 
 class InstallationView(SecureModelView):
@@ -61,7 +62,7 @@ class InstallationView(SecureModelView):
     column_sortable_list = ("instance_id", "client", "health", "version", "release_channel", "last_seen_at",
                             "first_seen_at")
     column_default_sort = [("last_seen_at", True), ("id", True)]
-    search_hint = "instance id, client or domain"
+    search_hint = SEARCH_HINT
     column_filters = [
         ChoiceFilter(Installation.health, "Health", HEALTH_VALUES),
         TextEqualFilter(Installation.release_channel, "Channel", 64),
@@ -144,7 +145,19 @@ def channel_changed(inst: Installation, old_channel: str | None) -> None:
     on_channel_change(inst.id, old_channel, inst.release_channel, inst.version, now)
 
 
-class AlertView(SecureModelView):
+class InstallationRowsView(SecureModelView):
+    """A screen of rows that each belong to an installation (alerts, job failures): searched by
+    their installation, with the rule of the installations screen, and counted up to
+    ``LIST_COUNT_CAP``."""
+
+    search_hint = SEARCH_HINT
+    count_cap = LIST_COUNT_CAP
+
+    def search_condition(self, term: str):
+        return self.model.installation_id.in_(fleet.installation_ids_matching(term))
+
+
+class AlertView(InstallationRowsView):
     column_select_related_list = (Alert.installation,)  # eager-loaded with the page: no N+1
     column_list = ("installation", "level", "source", "message", "opened_at", "last_seen_at", "occurrences",
                    "status")
@@ -154,7 +167,6 @@ class AlertView(SecureModelView):
                      "occurrences": "×"}
     column_sortable_list = ("opened_at",)
     column_default_sort = [("opened_at", True), ("id", True)]
-    search_hint = "instance id, client or domain"
     column_filters = [
         NullStatusFilter(Alert.resolved_at, "Status"),
         ChoiceFilter(Alert.level, "Level", ALERT_LEVELS),
@@ -173,11 +185,7 @@ class AlertView(SecureModelView):
         "resolved_at": fmt.timestamp,
         "status": fmt.alert_status,
     }
-    count_cap = LIST_COUNT_CAP
     action_roles = {"acknowledge": "ops", "resolve": "ops"}
-
-    def search_condition(self, term: str):
-        return Alert.installation_id.in_(fleet.installation_ids_matching(term))
 
     @action("acknowledge", "Acknowledge")
     def action_acknowledge(self, ids):
@@ -191,7 +199,7 @@ class AlertView(SecureModelView):
                         lambda i: f"{alert_domain.bulk_resolve(i, by=actor_label())} alert(s) resolved.", "alert")
 
 
-class JobFailureView(SecureModelView):
+class JobFailureView(InstallationRowsView):
     column_select_related_list = (JobFailure.installation,)
     column_list = ("installation", "queue", "message", "first_seen_at", "last_seen_at", "occurrences", "status")
     column_details_list = ("id", "installation", "queue", "message", "first_seen_at", "last_seen_at",
@@ -200,7 +208,6 @@ class JobFailureView(SecureModelView):
                      "occurrences": "×"}
     column_sortable_list = ("last_seen_at",)
     column_default_sort = [("last_seen_at", True), ("id", True)]
-    search_hint = "instance id, client or domain"
     column_filters = [
         NullStatusFilter(JobFailure.resolved_at, "Status"),
         TextEqualFilter(JobFailure.queue, "Queue"),
@@ -215,11 +222,7 @@ class JobFailureView(SecureModelView):
         "resolved_at": fmt.timestamp,
         "status": fmt.failure_status,
     }
-    count_cap = LIST_COUNT_CAP
     action_roles = {"resolve": "ops"}
-
-    def search_condition(self, term: str):
-        return JobFailure.installation_id.in_(fleet.installation_ids_matching(term))
 
     @action("resolve", "Resolve", "Resolve the selected job failures?")
     def action_resolve(self, ids):

@@ -1,9 +1,9 @@
 """``POST /api/heartbeats``: the one entrance of a heartbeat.
 
 The agent gate (``cp.agent_api.signed.agent_endpoint``) verifies the signature, counts the
-request and hands over the JSON object; the view validates it with ``HeartbeatSchema``, records
-it with ``cp.fleet.heartbeats.record_heartbeat`` and commits; the 200 goes out only after the
-COMMIT, so an acknowledged heartbeat is on disk (docs/operations.md, Durability).
+request and validates the body with ``HeartbeatSchema``; the view records it with
+``cp.fleet.heartbeats.record_heartbeat`` and commits; the 200 goes out only after the COMMIT,
+so an acknowledged heartbeat is on disk (docs/operations.md, Durability).
 """
 from __future__ import annotations
 
@@ -13,33 +13,15 @@ from cp.dbutil import commit_without_flush_wait
 from cp.extensions import db
 from cp.fleet.heartbeats import record_heartbeat
 from cp.timeutil import isoformat
-from cp.web.parsing import load
 from cp.agent_api import bp
-from cp.agent_api.schemas import HeartbeatSchema
+from cp.agent_api.schemas import HeartbeatResponseSchema, HeartbeatSchema
 from cp.agent_api.signed import agent_endpoint
-
-heartbeat_schema = HeartbeatSchema()
 
 
 @bp.post("/heartbeats")
-@agent_endpoint
-def heartbeat(data: dict):
-    """Record a heartbeat.
-    ---
-    post:
-      summary: Report an installation's state; registers unknown installations.
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: HeartbeatSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: HeartbeatResponseSchema
-    """
-    payload = load(heartbeat_schema, data)
+@agent_endpoint(HeartbeatSchema, HeartbeatResponseSchema)
+def heartbeat(payload: dict):
+    """Report an installation's state; registers unknown installations."""
     if not current_app.config["CP_SETTINGS"].heartbeat_synchronous_commit:
         commit_without_flush_wait(db.session.connection())
     result = record_heartbeat(payload, with_pending=True)

@@ -5,7 +5,6 @@ from marshmallow import fields, validate
 from cp.delivery import restores
 from cp.api.restore_schemas import RestoreVerificationSchema
 from cp.extensions import db
-from cp.web.parsing import load
 from cp.web.fields import StrictFloat, StrictInteger
 from cp.agent_api import bp
 from cp.agent_api.schemas import MAX_MESSAGE, AgentSchema
@@ -23,8 +22,8 @@ verification_schema = RestoreVerificationSchema()
 
 
 @bp.post("/restores/report")
-@agent_endpoint
-def report_restore(data: dict):
+@agent_endpoint(RestoreReportSchema, RestoreVerificationSchema)
+def report_restore(body: dict):
     """Report the result of a restore verification.
     ---
     post:
@@ -33,16 +32,7 @@ def report_restore(data: dict):
         The same result again is a no-op 200; a different result for a verification already
         reported is 409 already_reported. Another installation's verification is 403; an unknown
         id is 404.
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: RestoreReportSchema
       responses:
-        200:
-          content:
-            application/json:
-              schema: RestoreVerificationSchema
         403:
           description: The verification belongs to another installation.
         404:
@@ -50,7 +40,6 @@ def report_restore(data: dict):
         409:
           description: Already reported with another result.
     """
-    body = load(RestoreReportSchema(), data)
     item = restores.get(body["verification_id"], lock=True)
     same_installation(body["instance_id"], item.installation.instance_id)
     restores.report(item, body["status"], duration_s=body["duration_s"], message=body["message"])

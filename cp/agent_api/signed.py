@@ -3,7 +3,7 @@
 Order: 415 for a body that is not ``application/json``; then the signature over the raw bytes
 (401 ``invalid_signature`` for no secret, no header, a non-hex header or a mismatch; a
 malformed, expired or replayed timestamp too); then the per-installation rate limit (429);
-only then 400 for a body that is not a JSON object, then the view's schema (422). The signing
+only then 400 for a body that is not a JSON object, then the route's body schema (422). The signing
 secret is ``CONTROL_PLANE_AGENT_SECRETS[instance_id]``, else ``CONTROL_PLANE_AGENT_TOKEN``; a
 listed installation never signs with the shared token.
 
@@ -23,6 +23,7 @@ from functools import wraps
 from typing import Callable, NamedTuple
 
 from flask import current_app, g, request
+from marshmallow import Schema
 from sqlalchemy import delete
 
 from config import INSTANCE_ID_RE
@@ -30,7 +31,8 @@ from cp import signing
 from cp.dbutil import insert
 from cp.errors import BadRequest, Forbidden, Unauthorized
 from cp.extensions import db
-from cp.web.parsing import check_object, decode_json, parse_json_object, require_json_content_type
+from cp.web.openapi import operation
+from cp.web.parsing import check_object, decode_json, load, parse_json_object, require_json_content_type
 from cp.models import AgentNonce
 from cp.timeutil import utcnow
 
@@ -150,48 +152,57 @@ def prune_nonces(now=None) -> int:
     return db.session.execute(delete(nonces).where(nonces.c.seen_at < cutoff)).rowcount or 0
 
 
-def agent_endpoint(view: Callable) -> Callable:
-    """Verify, parse and hand the view the JSON object; the view validates it with its schema.
+def agent_endpoint(body: type[Schema], answer: type[Schema], *, status: int = 200) -> Callable[[Callable], Callable]:
+    """The gate of an agent view that takes a ``body`` and answers with ``answer`` (sent with
+    ``status``): verify, count, parse, validate with ``body`` and hand the view the loaded body.
+    The same two schemas are the operation's request body and success response in the OpenAPI
+    document (``cp_openapi``); the view's docstring adds its summary and its own error responses.
 
     The request's transaction first gets its lock and statement timeouts
     (``cp.dbutil.transaction_settings_guard``: a row held elsewhere fails this request alone,
     503) in the same statement as the rate-limit count; the count and the nonce ride in it (no
-    extra connection or commit on the hot path). A request that fails or is refused rolls back, and then still counts: recounted in a
-    short transaction of its own.
+    extra connection or commit on the hot path). A request that fails or is refused rolls back,
+    and then still counts: recounted in a short transaction of its own.
     """
+    schema = body()
 
-    @wraps(view)
-    def wrapped(*args, **kwargs):
-        require_json_content_type()
-        g.agent_instance_id = verify_request()
-        from cp.web.limits import agent_key, count_agent_request, recount_agent_request
+    def decorate(view: Callable) -> Callable:
+        @wraps(view)
+        def wrapped(*args, **kwargs):
+            require_json_content_type()
+            g.agent_instance_id = verify_request()
+            from cp.web.limits import agent_key, count_agent_request, recount_agent_request
 
-        key = agent_key(g.agent_instance_id)
-        try:
-            count_agent_request(key)  # first: it sets the transaction's timeouts too
-            if g.agent_nonce is not None:
-                remember_nonce(g.agent_nonce)
-            data = g.get("agent_json")
-            if data is None:
-                data = parse_json_object(request.get_data(cache=True))  # 400 for what is not an object
+            key = agent_key(g.agent_instance_id)
+            try:
+                count_agent_request(key)  # first: it sets the transaction's timeouts too
+                if g.agent_nonce is not None:
+                    remember_nonce(g.agent_nonce)
+                data = g.get("agent_json")
+                if data is None:
+                    data = parse_json_object(request.get_data(cache=True))  # 400 for what is not an object
+                else:
+                    data = check_object(data, request.get_data(cache=True))
+                response = current_app.make_response(view(load(schema, data), *args, **kwargs))
+            except Exception:
+                db.session.rollback()
+                recount_agent_request(key)
+                raise
+            if response.status_code < 400:
+                # keep the count and the nonce even when the view only read (and so did not commit)
+                if db.session().in_transaction():
+                    db.session.commit()
             else:
-                data = check_object(data, request.get_data(cache=True))
-            response = current_app.make_response(view(data, *args, **kwargs))
-        except Exception:
-            db.session.rollback()
-            recount_agent_request(key)
-            raise
-        if response.status_code < 400:
-            # keep the count and the nonce even when the view only read (and so did not commit)
-            if db.session().in_transaction():
-                db.session.commit()
-        else:
-            db.session.rollback()
-            recount_agent_request(key)
-        return response
+                db.session.rollback()
+                recount_agent_request(key)
+            return response
 
-    wrapped.cp_agent = True  # read by the OpenAPI spec
-    return wrapped
+        # read by the OpenAPI spec: the agent auth, and the operation's body and answer
+        wrapped.cp_agent = True
+        wrapped.cp_openapi = {"post": operation(body=body, answer=answer, status=status)}
+        return wrapped
+
+    return decorate
 
 
 def same_installation(instance_id: str, owner_instance_id: str) -> None:

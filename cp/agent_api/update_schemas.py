@@ -40,8 +40,3 @@ class UpdateReportResponseSchema(UpdateJobSchema):
     """The reported job, and the same object under ``job`` (the shape ``next`` answers with)."""
 
     job = fields.Nested(UpdateJobSchema, dump_only=True)
-
-
-def report_response(job: dict) -> dict:
-    """One shape for every job report answer (updates and plugins)."""
-    return {**job, "job": job}

@@ -5,7 +5,8 @@
   caller, commit with its audit entry, answer with the thing; role-checked and audited like every mutating endpoint.
 - ``register_list``: a list (``GET``) with validated query arguments, ``{"items", "total"}``.
 
-Each route carries its OpenAPI operation as data (``cp_openapi``, read by ``cp.api.spec``)."""
+Each route carries its OpenAPI operation as data (``cp_openapi``, built by ``cp.web.openapi.operation``,
+read by ``cp.api.spec``)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -16,18 +17,8 @@ from marshmallow import Schema
 from cp.api import bp
 from cp.api.audited import audited
 from cp.auth import current_actor, role_required
+from cp.web.openapi import operation
 from cp.web.parsing import load_args, load_json, require_no_body
-
-
-def operation(*, summary: str, tag: str, answer: type[Schema], errors: dict[int, str],
-              body: type[Schema] | None) -> dict:
-    """The OpenAPI operation (``cp.api.spec`` adds the path parameter, auth and common errors)."""
-    responses: dict = {200: {"content": {"application/json": {"schema": answer}}}}
-    responses.update({status: {"description": text} for status, text in errors.items()})
-    op = {"tags": [tag], "summary": summary, "responses": responses}
-    if body is not None:
-        op["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
-    return {"post": op}
 
 
 def register_action(rule: str, *, endpoint: str, id_arg: str, role: str, audit: str, target_type: str,
@@ -43,7 +34,8 @@ def register_action(rule: str, *, endpoint: str, id_arg: str, role: str, audit: 
 
     view.__name__ = endpoint
     view.__doc__ = summary
-    view.cp_openapi = operation(summary=summary, tag=tag, answer=answer, errors=errors, body=body)
+    view.cp_openapi = {"post": operation(tags=[tag], summary=summary, answer=answer, errors=errors, body=body,
+                                         body_required=False)}
     bp.add_url_rule(rule, view_func=role_required(role)(audited(audit, target_type, id_arg)(view)),
                     methods=["POST"])
 
@@ -60,6 +52,6 @@ def register_list(rule: str, *, endpoint: str, role: str, tag: str, summary: str
 
     view.__name__ = endpoint
     view.__doc__ = summary
-    view.cp_openapi = {"get": {"tags": [tag], "summary": summary, "parameters": [{"in": "query", "schema": args}],
-                               "responses": {200: {"content": {"application/json": {"schema": answer}}}}}}
+    view.cp_openapi = {"get": operation(tags=[tag], summary=summary, parameters=[{"in": "query", "schema": args}],
+                                        answer=answer)}
     bp.add_url_rule(rule, view_func=role_required(role)(view), methods=["GET"])

@@ -11,13 +11,15 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from cp import people
 from cp.api import bp
+from cp.api.actions import register_list
 from cp.api.audited import audited
 from cp.api.schemas import ListArgsSchema, list_schema
 from cp.auth import current_actor, role_required
 from cp.errors import Forbidden
 from cp.models import ROLES
 from cp.web.fields import StrictBoolean, StrictInteger, UTCDateTime
-from cp.web.parsing import load_args, load_json
+from cp.web.openapi import operation
+from cp.web.parsing import load_json
 
 ROLE_FIELD_ERROR = f"Must be one of: {', '.join(ROLES)}."
 
@@ -106,25 +108,9 @@ def me():
     return jsonify({"name": actor.name or actor.label, "email": actor.email, "role": actor.role, "via": actor.via})
 
 
-@bp.get("/users")
-@role_required("admin")
-def list_users():
-    """List people.
-    ---
-    get:
-      tags: [people]
-      summary: Every person, newest first (admin).
-      parameters:
-      - in: query
-        schema: ListArgsSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: PersonListSchema
-    """
-    items, total = people.list_people(**load_args(ListArgsSchema()))
-    return jsonify({"items": person_schema.dump(items, many=True), "total": total})
+register_list("/users", endpoint="list_users", role="admin", tag="people",
+              summary="Every person, newest first (admin).", args=ListArgsSchema, answer=PersonListSchema,
+              fetch=people.list_people, dump=lambda items: person_schema.dump(items, many=True))
 
 
 @bp.post("/users")
@@ -190,11 +176,8 @@ def update_user(user_id: int):
 def _issue_token_op(summary: str, errors: dict[int, str]) -> dict:
     """The OpenAPI operation of the two ways to get a new personal token (the secret is in
     their answer only)."""
-    responses: dict = {201: {"content": {"application/json": {"schema": TokenCreatedSchema}}}}
-    responses.update({status: {"description": text} for status, text in errors.items()})
-    return {"post": {"tags": ["people"], "summary": summary, "responses": responses,
-                     "requestBody": {"required": True,
-                                     "content": {"application/json": {"schema": TokenCreateSchema}}}}}
+    return {"post": operation(tags=["people"], summary=summary, answer=TokenCreatedSchema, status=201,
+                              errors=errors, body=TokenCreateSchema)}
 
 
 def _issue_token_for(person_id: int):
@@ -234,25 +217,14 @@ create_token.cp_openapi = _issue_token_op(
     "A new personal token of the caller (a person; a role token gets 403). The secret is in this answer only.", {})
 
 
-@bp.get("/tokens")
-@role_required("support")
-def list_tokens():
-    """Your personal tokens.
-    ---
-    get:
-      tags: [people]
-      summary: The caller's personal tokens that are not revoked, newest first, without secrets.
-      parameters:
-      - in: query
-        schema: ListArgsSchema
-      responses:
-        200:
-          content:
-            application/json:
-              schema: TokenListSchema
-    """
-    items, total = people.list_tokens(current_actor().person_id, **load_args(ListArgsSchema()))
-    return jsonify({"items": token_schema.dump(items, many=True), "total": total})
+def _own_tokens(**args):
+    return people.list_tokens(current_actor().person_id, **args)
+
+
+register_list("/tokens", endpoint="list_tokens", role="support", tag="people",
+              summary="The caller's personal tokens that are not revoked, newest first, without secrets.",
+              args=ListArgsSchema, answer=TokenListSchema, fetch=_own_tokens,
+              dump=lambda items: token_schema.dump(items, many=True))
 
 
 @bp.delete("/tokens/<int:token_id>")

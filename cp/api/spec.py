@@ -5,8 +5,9 @@ rendered on the server from the same document; no JavaScript, no CDN).
 
 Nothing is listed by hand: ``build_spec`` walks ``app.url_map`` and reads, for each ``/api``
 rule and method, the apispec YAML block of the view's docstring (``---`` then ``get:`` /
-``post:`` ...; schemas are named by their marshmallow class), or, for views registered from a
-table, the same operations as data in the view's ``cp_openapi`` attribute. It then completes each operation
+``post:`` ...; schemas are named by their marshmallow class), and what the code declares as data
+in the view's ``cp_openapi`` attribute (``cp.web.openapi``: the operations of views registered
+from a table, the body and answer schemas of agent views). It then completes each operation
 from what the code itself declares, so the document cannot drift from the routes:
 
 - auth: views wrapped by ``cp.auth.role_required`` (``cp_required_role``) take a bearer token
@@ -32,7 +33,6 @@ from apispec.yaml_utils import load_operations_from_docstring
 from flask import current_app, jsonify, render_template
 from marshmallow import Schema, fields
 
-from config import INSTANCE_ID_RE
 from cp import signing
 from cp.web.parsing import MAX_JSON_DEPTH
 from cp.agent_api.signed import TIMESTAMP_RE
@@ -167,10 +167,6 @@ def _complete(op: dict, view, method: str, endpoint: str, path_params: list[dict
             })
         # the agent gate always reads a JSON object body (cp.agent_api.signed)
         statuses |= {400, 401, 413, 415, 422, 429}
-        if not has_body:
-            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["instance_id"],
-                "properties": {"instance_id": {"type": "string", "pattern": INSTANCE_ID_RE.pattern}}}}}}
     elif auth.startswith("role:"):
         role = auth.split(":", 1)[1]
         op["security"] = [{"bearerAuth": []}, {"sessionCookie": []}]
@@ -207,6 +203,20 @@ def _complete(op: dict, view, method: str, endpoint: str, path_params: list[dict
     return op
 
 
+def documented_operations(view) -> dict:
+    """What a view documents, by method: the YAML block of its docstring, joined by the operations
+    the code declares as data (``cp_openapi``: a route registered from a table, the body and
+    answer schemas of the agent gate). The data wins where both name the same thing; their
+    responses add up."""
+    ops = load_operations_from_docstring(view.__doc__ or "") or {}
+    for method, declared in (getattr(view, "cp_openapi", None) or {}).items():
+        op = ops.setdefault(method, {})
+        responses = {**(op.get("responses") or {}), **declared.get("responses", {})}
+        op.update(declared)
+        op["responses"] = responses
+    return ops
+
+
 def build_spec(app) -> dict:
     """The OpenAPI document of the ``/api`` routes registered on ``app``."""
     spec = APISpec(
@@ -231,8 +241,7 @@ def build_spec(app) -> dict:
     for rule in rules:
         view = app.view_functions[rule.endpoint]
         path, path_params = openapi_path(rule.rule)
-        # a view registered from a table (cp.api.rollout_transitions) carries its operations
-        documented = getattr(view, "cp_openapi", None) or load_operations_from_docstring(view.__doc__ or "") or {}
+        documented = documented_operations(view)
         methods = sorted(m.lower() for m in (rule.methods or ()) if m.lower() in METHODS)
         ops = by_path.setdefault(path, {})
         for method in methods:
