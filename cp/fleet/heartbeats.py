@@ -24,7 +24,7 @@ from functools import lru_cache
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import Integer, bindparam, case, func, literal, null, or_, select, true, update
+from sqlalchemy import Integer, bindparam, case, exists, func, literal, null, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cp.fleet.alerts import agent_alert_fingerprint, alert_payload, enqueue_events, job_failure_fingerprint
@@ -48,6 +48,8 @@ SCALAR_FIELDS = (
 SLO_FIELDS = ("slo_p95_ms", "slo_error_rate", "slo_webhook_retry_rate")
 HISTORY_FIELDS = ("version", "release_channel", "health", "backup_status")
 SLO_BUCKET_SECONDS = 300
+# what waits for the agent, as flags the steady-state installation update returns (``_statements``)
+PENDING_FLAGS = ("pending_update", "pending_plugin", "pending_restore")
 
 SLO_LABELS = {
     "slo_p95_ms": ("p95 latency", "ms"),
@@ -166,6 +168,9 @@ def record_heartbeat(data: dict, now: datetime | None = None, *, with_pending: b
 
     # 1. the installation row, locked, its old values read and the heartbeat's applied (or created)
     old, created = _touch(conn, st, instance_id, provided, now)
+    # present when the one-statement steady update ran: no followed field (the channel included)
+    # changed, so nothing below makes or cancels a job, and the flags are still true at the end
+    flags = {k: old.pop(k) for k in PENDING_FLAGS if k in old}
     installation_id = old["id"]
     state = {k: old.get(k) for k in SCALAR_FIELDS}
     state.update(provided)
@@ -220,7 +225,12 @@ def record_heartbeat(data: dict, now: datetime | None = None, *, with_pending: b
              "opened_at": r.opened_at, "resolved_at": now}, instance_id)))
     if outbox:
         enqueue_events(outbox, now)
-    pending = pending_for(installation_id, now) if with_pending else None
+    pending = None
+    if with_pending:
+        if flags and not flags["pending_restore"]:  # the steady state: no verification due
+            pending = _pending_answer(flags["pending_update"], flags["pending_plugin"], [])
+        else:
+            pending = pending_for(installation_id, now)
     return HeartbeatResult(installation_id, instance_id, now, len(opened), len(resolved), pending)
 
 
@@ -230,7 +240,7 @@ def _touch(conn, st, instance_id: str, provided: dict, now: datetime) -> tuple[d
 
     The steady state is one statement (``st.touch_unchanged``): the row updated only when no
     field people follow (``HISTORY_FIELDS``) changes, its new values returned, which are then
-    also its old ones for those fields. Otherwise the row is locked and read first (the old
+    also its old ones for those fields, with the ``PENDING_FLAGS``. Otherwise the row is locked and read first (the old
     values make the history events and the channel change), then updated, or registered."""
     params = {"p_instance_id": instance_id, "now": now, **{f"new_{k}": provided.get(k) for k in SCALAR_FIELDS}}
     row = conn.execute(st.touch_unchanged, params).first()
@@ -297,6 +307,9 @@ def _statements(dialect_name: str) -> _Statements:
     """The heartbeat's statements, defined once for both backends (the dialect's ``insert`` for
     ``ON CONFLICT``) and built once per backend with bind parameters (building a statement costs
     more than running it; SQLAlchemy caches the compiled form)."""
+    # what waits for the agent: one rule each, in the rollout engine and ``_due_verification``
+    from cp.delivery.rollouts import waiting_job_exists
+
     ins = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
     now = bindparam("now", type_=UTCDateTime())
     old_cols = [inst.c.id] + [inst.c[k] for k in SCALAR_FIELDS]
@@ -306,6 +319,14 @@ def _statements(dialect_name: str) -> _Statements:
     by_instance_id = inst.c.instance_id == bindparam("p_instance_id")
     # the steady state: none of the fields people follow changes (a NULL, absent field keeps its value)
     unchanged = [inst.c[k].is_not_distinct_from(set_fields[k]) for k in HISTORY_FIELDS]
+
+    # what waits for the agent, returned by the steady update as flags: the installation named by
+    # its instance id in an uncorrelated subquery (SQLite's RETURNING cannot name the updated table)
+    same = inst.alias("same")
+    this_installation = select(same.c.id).where(same.c.instance_id == bindparam("p_instance_id")).scalar_subquery()
+    pending_flags = [waiting_job_exists(this_installation, "update").label("pending_update"),
+                     waiting_job_exists(this_installation, "plugin").label("pending_plugin"),
+                     exists().where(*_due_verification(this_installation, now)).label("pending_restore")]
 
     # the columns come from the parameters (instance_id, first/last_seen_at, heartbeats_total, fields)
     register = ins(inst).on_conflict_do_nothing(index_elements=["instance_id"]).returning(inst.c.id)
@@ -342,7 +363,8 @@ def _statements(dialect_name: str) -> _Statements:
     slo = slo.on_conflict_do_update(index_elements=["installation_id", "bucket"], set_=merged,
                                     where=or_(*(slo_t.c[k].is_distinct_from(merged[k]) for k in SLO_FIELDS)))
     return _Statements(
-        touch_unchanged=update(inst).where(by_instance_id, *unchanged).values(set_fields).returning(*old_cols),
+        touch_unchanged=(update(inst).where(by_instance_id, *unchanged).values(set_fields)
+                         .returning(*old_cols, *pending_flags)),
         lock=select(*old_cols).where(by_instance_id).with_for_update(),
         touch=update(inst).where(inst.c.id == bindparam("p_installation_id")).values(set_fields),
         register=register,
@@ -360,19 +382,24 @@ def pending_for(installation_id: int, now: datetime | None = None) -> dict:
     One statement: the two flags and the due verifications (``_pending_statement``)."""
     now = now or utcnow()
     rows = db.session.execute(_pending_statement(), {"installation_id": installation_id, "now": now}).all()
-    return _pending_answer([tuple(r) for r in rows])
+    return _pending_answer(rows[0][0], rows[0][1], [r[2:] for r in rows if r[2] is not None])
 
 
-def _pending_answer(rows: list[tuple]) -> dict:
-    """``_pending_statement``'s rows ``(update, plugin, id, backup_id, scheduled_for)`` as the
-    response's ``pending`` object."""
+def _pending_answer(update_waits, plugin_waits, due: list) -> dict:
+    """The response's ``pending`` object: the two flags and the due verifications, rows
+    ``(id, backup_id, scheduled_for)``."""
     return {
-        "update": bool(rows[0][0]),
-        "plugin": bool(rows[0][1]),
-        "restore_verifications": [
-            {"id": r[2], "backup_id": r[3], "scheduled_for": isoformat(r[4])} for r in rows if r[2] is not None
-        ],
+        "update": bool(update_waits),
+        "plugin": bool(plugin_waits),
+        "restore_verifications": [{"id": r[0], "backup_id": r[1], "scheduled_for": isoformat(r[2])} for r in due],
     }
+
+
+def _due_verification(installation_id, now) -> tuple:
+    """The conditions of a restore verification of ``installation_id`` that is due: scheduled,
+    and ``scheduled_for`` reached."""
+    rv = RestoreVerification.__table__
+    return rv.c.installation_id == installation_id, rv.c.status == "scheduled", rv.c.scheduled_for <= now
 
 
 @lru_cache(maxsize=None)
@@ -386,8 +413,7 @@ def _pending_statement():
     iid = bindparam("installation_id", type_=Integer())
     rv = RestoreVerification.__table__
     due = (select(rv.c.id, rv.c.backup_id, rv.c.scheduled_for)
-           .where(rv.c.installation_id == iid, rv.c.status == "scheduled",
-                  rv.c.scheduled_for <= bindparam("now", type_=UTCDateTime()))
+           .where(*_due_verification(iid, bindparam("now", type_=UTCDateTime())))
            .order_by(rv.c.scheduled_for, rv.c.id).limit(100).subquery("due"))
     one = select(literal(1).label("one")).subquery("one")
     return (select(waiting_job_exists(iid, "update").label("update"), waiting_job_exists(iid, "plugin").label("plugin"),
