@@ -524,15 +524,13 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
 
         runs = []
-        peaks: dict[str, list[float]] = {s.name: [] for s in servers}
-        peak_runs: dict[str, list[dict]] = {s.name: [] for s in servers}
+        peak_runs: dict[str, list[dict]] = {s.name: [] for s in servers}  # each server's wrk runs
         rounds: list[dict] = []  # per round: the offered rate and the paced runs of the service and the floor
         for rnd in range(1, a.rounds + 1):
             for s in servers:
                 r = run_wrk(wrk, s, bodies, a.seconds, a.connections, a.wrk_threads, probes[s.name])
                 if r["errors"]:
                     raise RuntimeError(f"{s.name}: wrk saw errors: {r}")
-                peaks[s.name].append(r["rate"])
                 peak_runs[s.name].append(r)
                 runs.append({"name": f"{s.name} peak #{rnd} (wrk)", "rate": r["rate"], "p50_ms": r["p50_us"] / 1000,
                              "p99_ms": r["p99_us"] / 1000, "errors": r["errors"], "server_cores": r["server_cores"],
@@ -541,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{runs[-1]['name']}: {r['rate']:.0f}/s")
             # the latency at half the peak the floor has just shown, measured right after it (the
             # machine's speed drifts over minutes), the same offered load for the service and the floor
-            offered = round(0.5 * peaks[floor.name][-1], 1)
+            offered = round(0.5 * peak_runs[floor.name][-1]["rate"], 1)
             rates = {service.name: offered, floor.name: offered}
             paced: dict[str, dict] = {}
             for s in (service, floor):
@@ -562,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
                              "generator_cores": r["generator_cores"], "machine_busy_cores": r["machine_busy_cores"]})
                 log(f"{runs[-1]['name']}: p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms")
             rounds.append({"offered": offered, **paced})
-        service_peak, floor_peak, bare_peak = (max(peaks[s.name]) for s in servers)
+        best = {name: max(rs, key=lambda r: r["rate"]) for name, rs in peak_runs.items()}
+        service_peak, floor_peak, bare_peak = (best[s.name]["rate"] for s in servers)
         # the round reported: the median of the service's p99 over the rounds (the worse one of the two
         # middle rounds when their number is even); every round is in the table and the JSON
         paced = median_round(rounds)
@@ -594,8 +593,7 @@ def main(argv: list[str] | None = None) -> int:
             "service_p99_ms_rounds": [r["service"]["p99_ms"] for r in rounds],
             "floor_p99_ms_rounds": [r["floor"]["p99_ms"] for r in rounds],
         }
-        res["heartbeats"]["cpu_budget"] = cpu_budget(
-            max(peak_runs[service.name], key=lambda r: r["rate"]), max(peak_runs[floor.name], key=lambda r: r["rate"]))
+        res["heartbeats"]["cpu_budget"] = cpu_budget(best[service.name], best[floor.name])
         reads = target_reads(res["server_side"], res.get("server_side_after_load", {}),
                              res.get("server_side_after_vacuum"))
         met = {

@@ -240,8 +240,9 @@ def _touch(conn, st, instance_id: str, provided: dict, now: datetime) -> tuple[d
 
     The steady state is one statement (``st.touch_unchanged``): the row updated only when no
     field people follow (``HISTORY_FIELDS``) changes, its new values returned, which are then
-    also its old ones for those fields, with the ``PENDING_FLAGS``. Otherwise the row is locked and read first (the old
-    values make the history events and the channel change), then updated, or registered."""
+    also its old ones for those fields, with the ``PENDING_FLAGS``. Otherwise the row is locked
+    and read first (the old values make the history events and the channel change), then
+    updated, or registered."""
     params = {"p_instance_id": instance_id, "now": now, **{f"new_{k}": provided.get(k) for k in SCALAR_FIELDS}}
     row = conn.execute(st.touch_unchanged, params).first()
     if row is not None:
